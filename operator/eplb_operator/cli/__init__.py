@@ -1,0 +1,1 @@
+"""The ``eplb`` command line."""

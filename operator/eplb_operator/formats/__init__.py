@@ -1,0 +1,1 @@
+"""Files in and out: recorded load statistics and placement mappings of every engine."""

@@ -1,0 +1,274 @@
+"""Decide, per layer, whether and how to change a placement: the policy's front door.
+
+Given a load window and (optionally) the placement in service, a plan:
+1. computes a fresh placement (``rebalance``) — the best balance on offer;
+2. gates each layer: unchanged load (similarity ≥ threshold), already close enough to the
+   fresh balance (within ``slack``), or too little gain (< ``min_gain``) keep their placement;
+3. for the rest, chooses between the aligned fresh placement and the shortest prefix of an
+   incremental search that reaches the fresh balance + ``slack``, whichever changes fewer
+   slots;
+4. spends ``max_moves`` on the layers with the largest gain first; a layer that does not
+   fit whole takes the best prefix of its incremental path that does.
+Every layer's outcome is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import torch
+
+from eplb_operator.placement import views
+from eplb_operator.placement.alignment import align_to_previous
+from eplb_operator.placement.gate import load_similarity
+from eplb_operator.placement.incremental import Waypoint, search_path
+from eplb_operator.placement.rebalance import (
+    Mode,
+    groups_of_node_in,
+    rebalance,
+    rebalance_within_nodes,
+    resolve_mode,
+)
+from eplb_operator.placement.topology import Topology
+
+
+class LayerReason(str, Enum):
+    """Why a layer got, or did not get, a new placement."""
+
+    INITIAL = "initial"  # no placement in service: the fresh placement is used
+    UPDATED = "updated"
+    BUDGET_LIMITED = "budget-limited"  # updated, but only as far as the move budget allowed
+    LOAD_UNCHANGED = "load-unchanged"
+    ALREADY_BALANCED = "already-balanced"
+    GAIN_TOO_SMALL = "gain-too-small"
+    BUDGET_EXHAUSTED = "budget-exhausted"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Knobs of a plan; the defaults suit an online rebalance."""
+
+    mode: Mode = "auto"
+    max_moves: int | None = None  # changed slots over all layers; None: unlimited
+    # A migration-aware placement may be this much worse (in imbalance) than a fresh one.
+    slack: float = 0.01
+    similarity_threshold: float | None = None  # gate on load similarity; None: off
+    min_gain: float = 0.0  # predicted imbalance reduction a layer must offer
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    layer: int
+    reason: LayerReason
+    imbalance_before: float
+    imbalance_after: float
+    imbalance_fresh: float  # a fresh placement's imbalance, moves regardless
+    lower_bound: float
+    moves: int
+    similarity: float | None
+
+    @property
+    def updated(self) -> bool:
+        return self.reason in (LayerReason.INITIAL, LayerReason.UPDATED, LayerReason.BUDGET_LIMITED)
+
+
+@dataclass(frozen=True)
+class Plan:
+    placement: torch.Tensor  # [L, P] int64
+    layers: list[LayerPlan] = field(default_factory=list)
+    compute_seconds: float = 0.0
+
+    @property
+    def moves(self) -> int:
+        return sum(layer.moves for layer in self.layers)
+
+    @property
+    def imbalance_before(self) -> float:
+        return float(np.mean([layer.imbalance_before for layer in self.layers]))
+
+    @property
+    def imbalance_after(self) -> float:
+        return float(np.mean([layer.imbalance_after for layer in self.layers]))
+
+
+@dataclass
+class _Choice:
+    placement: np.ndarray
+    moves: int
+    imbalance: float
+    path: list[Waypoint]
+
+
+def plan(
+    load: torch.Tensor,
+    topology: Topology,
+    previous: torch.Tensor | None = None,
+    reference_load: torch.Tensor | None = None,
+    options: PlanOptions | None = None,
+) -> Plan:
+    """Plan placements for ``load`` ``[L, E]``; ``previous`` ``[L, P]`` is the one in service,
+    ``reference_load`` ``[L, E]`` the load it was computed from (for the similarity gate)."""
+    options = options or PlanOptions()
+    started = time.perf_counter()
+    views.validate_load(load, topology.num_experts)
+    num_layers = load.shape[0]
+    if previous is not None:
+        views.validate_placement(previous, topology)
+        if previous.shape[0] != num_layers:
+            from eplb_operator.errors import InvalidInputError
+
+            raise InvalidInputError(
+                f"previous placement has {previous.shape[0]} layers, load has {num_layers}"
+            )
+    if reference_load is not None:
+        views.validate_load(reference_load, topology.num_experts)
+
+    fresh = rebalance(load, topology, options.mode)
+    fresh_imbalance = views.imbalance(load, fresh, topology.num_ranks)
+    bound = views.imbalance_lower_bound(load, topology)
+
+    if previous is None:
+        before = views.imbalance(
+            load, views.identity_placement(num_layers, topology), topology.num_ranks
+        )
+        identity = views.identity_placement(num_layers, topology)
+        layers = [
+            LayerPlan(
+                layer,
+                LayerReason.INITIAL,
+                float(before[layer]),
+                float(fresh_imbalance[layer]),
+                float(fresh_imbalance[layer]),
+                float(bound[layer]),
+                int(views.moves(identity, fresh)[layer]),
+                None,
+            )
+            for layer in range(num_layers)
+        ]
+        return Plan(fresh, layers, time.perf_counter() - started)
+
+    result, layers = _plan_against_previous(
+        load, topology, previous, reference_load, options, fresh, fresh_imbalance, bound
+    )
+    return Plan(torch.from_numpy(result), layers, time.perf_counter() - started)
+
+
+def _plan_against_previous(
+    load: torch.Tensor,
+    topology: Topology,
+    previous: torch.Tensor,
+    reference_load: torch.Tensor | None,
+    options: PlanOptions,
+    fresh: torch.Tensor,
+    fresh_imbalance: torch.Tensor,
+    bound: torch.Tensor,
+) -> tuple[np.ndarray, list[LayerPlan]]:
+    num_layers = load.shape[0]
+    hierarchical = resolve_mode(options.mode, topology) == "hierarchical"
+    before = views.imbalance(load, previous, topology.num_ranks)
+    similarity = (
+        load_similarity(load, reference_load).tolist() if reference_load is not None else None
+    )
+    previous_np = previous.long().numpy()
+    aligned = align_to_previous(fresh.numpy(), previous_np, topology)
+    aligned_moves = (aligned != previous_np).sum(axis=1)
+    aligned_imbalance = fresh_imbalance.clone()
+    if (
+        hierarchical
+        and topology.num_nodes > 1
+        and groups_of_node_in(previous_np, topology) is not None
+    ):
+        # Keeping every group on its node moves far fewer weights; take it per layer when it
+        # balances within slack of the free optimum.
+        kept_nodes = rebalance_within_nodes(load, previous, topology)
+        kept_imbalance = views.imbalance(load, kept_nodes, topology.num_ranks)
+        kept_aligned = align_to_previous(kept_nodes.numpy(), previous_np, topology)
+        kept_moves = (kept_aligned != previous_np).sum(axis=1)
+        better = (kept_imbalance <= fresh_imbalance + options.slack).numpy() & (
+            kept_moves < aligned_moves
+        )
+        aligned[better] = kept_aligned[better]
+        aligned_moves[better] = kept_moves[better]
+        aligned_imbalance[better] = kept_imbalance[better]
+    load_np = load.double().numpy()
+    result = previous_np.copy()
+    budget = options.max_moves if options.max_moves is not None else np.iinfo(np.int64).max
+
+    reasons: dict[int, LayerReason] = {}
+    choices: dict[int, _Choice] = {}
+    for layer in range(num_layers):
+        # Within slack of the balance the aligned candidate offers (itself within slack of a
+        # fresh placement when it keeps groups on their nodes).
+        target = float(aligned_imbalance[layer]) + options.slack
+        if (
+            similarity is not None
+            and options.similarity_threshold is not None
+            and similarity[layer] >= options.similarity_threshold
+        ):
+            reasons[layer] = LayerReason.LOAD_UNCHANGED
+            continue
+        if float(before[layer]) <= target:
+            reasons[layer] = LayerReason.ALREADY_BALANCED
+            continue
+        path = search_path(
+            load_np[layer],
+            previous_np[layer],
+            topology,
+            target,
+            hierarchical,
+            max_moves=int(min(aligned_moves[layer], budget)),
+        )
+        reaching = [w for w in path if w.imbalance <= target]
+        if reaching and reaching[0].moves <= aligned_moves[layer]:
+            best = reaching[0]
+            choice = _Choice(best.phy2log, best.moves, best.imbalance, path)
+        else:
+            choice = _Choice(
+                aligned[layer], int(aligned_moves[layer]), float(aligned_imbalance[layer]), path
+            )
+        if float(before[layer]) - choice.imbalance < options.min_gain:
+            reasons[layer] = LayerReason.GAIN_TOO_SMALL
+            continue
+        choices[layer] = choice
+
+    moves = np.zeros(num_layers, dtype=np.int64)
+    after = before.clone()
+    # Largest gain first: when the budget runs short, the worst layers are fixed first.
+    for layer in sorted(choices, key=lambda i: choices[i].imbalance - float(before[i])):
+        choice = choices[layer]
+        partial = None
+        if choice.moves > budget:
+            fitting = [
+                w
+                for w in choice.path
+                if w.moves <= budget
+                and float(before[layer]) - w.imbalance >= max(options.min_gain, 1e-12)
+            ]
+            partial = min(fitting, key=lambda w: (w.imbalance, w.moves)) if fitting else None
+            if partial is None:
+                reasons[layer] = LayerReason.BUDGET_EXHAUSTED
+                continue
+            choice = _Choice(partial.phy2log, partial.moves, partial.imbalance, choice.path)
+        result[layer] = choice.placement
+        moves[layer] = choice.moves
+        after[layer] = choice.imbalance
+        budget -= choice.moves
+        reasons[layer] = LayerReason.BUDGET_LIMITED if partial is not None else LayerReason.UPDATED
+
+    layers = [
+        LayerPlan(
+            layer,
+            reasons[layer],
+            float(before[layer]),
+            float(after[layer]),
+            float(fresh_imbalance[layer]),
+            float(bound[layer]),
+            int(moves[layer]),
+            similarity[layer] if similarity is not None else None,
+        )
+        for layer in range(num_layers)
+    ]
+    return result, layers

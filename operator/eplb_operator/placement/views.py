@@ -1,0 +1,152 @@
+"""Everything derived from a placement: replica counts, log2phy, per-rank load, imbalance, moves.
+
+A placement of a model is ``phy2log`` ``[layers, P]`` (int64): the logical expert held by
+each physical slot, slots rank-major.  Nothing else is stored; this module derives the rest,
+and it is the only place that does.
+
+Load model (the one vLLM, SGLang and DeepSeek use): the tokens routed to a logical expert
+are split evenly over its replicas.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from eplb_operator.errors import InvalidInputError
+from eplb_operator.placement.replication import replicate
+from eplb_operator.placement.topology import Topology
+
+
+def validate_placement(phy2log: torch.Tensor, topology: Topology) -> None:
+    """Raise InvalidInputError unless ``phy2log`` ``[L, P]`` is a usable placement.
+
+    Usable: integer, P slots per layer, ids in ``[0, E)``, every logical expert with at
+    least one replica in every layer.
+    """
+    if phy2log.dim() != 2:
+        raise InvalidInputError(
+            f"placement must be [layers, slots], got shape {list(phy2log.shape)}"
+        )
+    if phy2log.dtype.is_floating_point or phy2log.dtype == torch.bool:
+        raise InvalidInputError(f"placement must hold integer expert ids, got {phy2log.dtype}")
+    if phy2log.shape[1] != topology.num_slots:
+        raise InvalidInputError(
+            f"placement has {phy2log.shape[1]} slots per layer, topology has {topology.num_slots} "
+            f"({topology.num_ranks} ranks x {topology.slots_per_rank})"
+        )
+    if phy2log.numel() == 0:
+        return
+    low, high = int(phy2log.min()), int(phy2log.max())
+    if low < 0 or high >= topology.num_experts:
+        bad = low if low < 0 else high
+        raise InvalidInputError(
+            f"placement names expert {bad}, outside [0, {topology.num_experts})"
+        )
+    counts = replica_counts(phy2log, topology.num_experts)
+    missing = (counts == 0).nonzero()
+    if missing.numel():
+        layer, expert = (int(v) for v in missing[0])
+        raise InvalidInputError(
+            f"layer {layer}: logical expert {expert} has no replica "
+            f"({missing.shape[0]} expert(s) without a replica in all)"
+        )
+
+
+def validate_load(load: torch.Tensor, num_experts: int | None = None) -> None:
+    """Raise InvalidInputError unless ``load`` ``[L, E]`` is finite and non-negative."""
+    if load.dim() != 2:
+        raise InvalidInputError(f"load must be [layers, experts], got shape {list(load.shape)}")
+    if num_experts is not None and load.shape[1] != num_experts:
+        raise InvalidInputError(
+            f"load has {load.shape[1]} experts per layer, expected {num_experts}"
+        )
+    if load.shape[0] == 0:
+        raise InvalidInputError("load has no layers")
+    if not torch.isfinite(load.double()).all():
+        raise InvalidInputError("load has NaN or infinite counts")
+    if (load < 0).any():
+        layer, expert = (int(v) for v in (load < 0).nonzero()[0])
+        raise InvalidInputError(f"load is negative at layer {layer}, expert {expert}")
+
+
+def identity_placement(num_layers: int, topology: Topology) -> torch.Tensor:
+    """``[L, P]``: slot p holds expert ``p mod E`` (what engines start with before any EPLB)."""
+    row = torch.arange(topology.num_slots, dtype=torch.int64) % topology.num_experts
+    return row.unsqueeze(0).repeat(num_layers, 1)
+
+
+def replica_counts(phy2log: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``[L, E]`` int64: replicas of each logical expert, from ``phy2log`` ``[L, P]``."""
+    counts = torch.zeros(phy2log.shape[0], num_experts, dtype=torch.int64)
+    counts.scatter_add_(1, phy2log.long(), torch.ones_like(phy2log, dtype=torch.int64))
+    return counts
+
+
+def log2phy(phy2log: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """``[L, E, X]`` int64: the slots of each expert in ascending order, padded with -1.
+
+    X is the largest replica count of any expert in any layer (SGLang's
+    ``logical_to_all_physical_map``; vLLM's ``log2phy``).
+    """
+    num_layers, num_slots = phy2log.shape
+    counts = replica_counts(phy2log, num_experts)
+    width = max(int(counts.max()) if counts.numel() else 1, 1)
+    result = torch.full((num_layers, num_experts, width), -1, dtype=torch.int64)
+    # Stable sort by expert keeps each expert's slots in ascending order.
+    order = torch.sort(phy2log.long(), dim=1, stable=True).indices
+    sorted_experts = torch.gather(phy2log.long(), 1, order)
+    starts = torch.cumsum(counts, dim=1) - counts
+    position = torch.arange(num_slots).unsqueeze(0) - torch.gather(starts, 1, sorted_experts)
+    layer_index = torch.arange(num_layers).unsqueeze(1).expand(-1, num_slots)
+    result[layer_index, sorted_experts, position] = order
+    return result
+
+
+def slot_loads(load: torch.Tensor, phy2log: torch.Tensor) -> torch.Tensor:
+    """``[L, P]`` float64: tokens each slot serves; an expert's load split over its replicas."""
+    load = load.double()
+    counts = replica_counts(phy2log, load.shape[1]).double()
+    per_replica = load / counts.clamp(min=1)
+    return torch.gather(per_replica, 1, phy2log.long())
+
+
+def rank_loads(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:
+    """``[L, R]`` float64: tokens each rank serves under placement ``phy2log`` ``[L, P]``."""
+    per_slot = slot_loads(load, phy2log)
+    return per_slot.reshape(per_slot.shape[0], num_ranks, -1).sum(dim=2)
+
+
+def imbalance(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:
+    """``[L]`` float64: max rank load / mean rank load per layer (1.0 perfect, also when idle)."""
+    per_rank = rank_loads(load, phy2log, num_ranks)
+    mean = per_rank.mean(dim=1)
+    ratio = per_rank.max(dim=1).values / mean.clamp(min=torch.finfo(torch.float64).tiny)
+    return torch.where(mean > 0, ratio, torch.ones_like(ratio))
+
+
+def balancedness(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:
+    """``[L]`` float64: mean rank load / max rank load (vLLM's metric), ``1 / imbalance``."""
+    return 1.0 / imbalance(load, phy2log, num_ranks)
+
+
+def moves(old_phy2log: torch.Tensor, new_phy2log: torch.Tensor) -> torch.Tensor:
+    """``[L]`` int64: slots whose logical expert changes (each one is a weight copy)."""
+    if old_phy2log.shape != new_phy2log.shape:
+        raise InvalidInputError(
+            f"placements differ in shape: {list(old_phy2log.shape)} vs {list(new_phy2log.shape)}"
+        )
+    return (old_phy2log != new_phy2log).sum(dim=1)
+
+
+def imbalance_lower_bound(load: torch.Tensor, topology: Topology) -> torch.Tensor:
+    """``[L]`` float64: no placement of ``topology`` does better than this on ``load`` ``[L, E]``.
+
+    max(1, hottest replica after min-max replication / mean rank load): a rank is at least
+    as loaded as the mean, and at least as loaded as the heaviest replica it holds.
+    """
+    load64 = load.double().numpy()
+    counts = replicate(load64, topology.num_slots)
+    hottest = torch.from_numpy((load64 / counts).max(axis=1))
+    mean = load.double().sum(dim=1) / topology.num_ranks
+    bound = hottest / mean.clamp(min=torch.finfo(torch.float64).tiny)
+    return torch.where(mean > 0, bound.clamp(min=1.0), torch.ones_like(bound))

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up, then run the whole test suite: lint, types, tests.  Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+echo "== ruff"
+ruff check operator sidecar tests benchmarks
+ruff format --check operator sidecar tests benchmarks
+echo "== mypy"
+mypy
+echo "== pytest"
+python -m pytest "$@"
