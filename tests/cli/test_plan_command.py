@@ -75,38 +75,16 @@ def test_previous_keeps_what_can_stay_and_respects_the_budget(
     tmp_path: Path, shared_traces: list[Path]
 ) -> None:
     trace = next(p for p in shared_traces if "qwen2" in p.name)
+    flags = ["--stats", trace, "--ranks", "8", "--redundant", "8"]
     first = tmp_path / "first.yaml"
-    plan_json("--stats", trace, "--ranks", "8", "--redundant", "8", "--output", first)
-    again = plan_json(
-        "--stats",
-        trace,
-        "--ranks",
-        "8",
-        "--redundant",
-        "8",
-        "--previous",
-        first,
-        "--output",
-        tmp_path / "again.yaml",
-    )
+    plan_json(*flags, "--output", first)
+    again = plan_json(*flags, "--previous", first, "--output", tmp_path / "again.yaml")
     assert again["moves"] == 0
     # Against an identity placement in SGLang's format, with a budget of 10 slots.
     identity = tmp_path / "identity.json"
     identity.write_text(json.dumps({"physical_to_logical_map": [[p % 64 for p in range(72)]] * 28}))
-    budgeted = plan_json(
-        "--stats",
-        trace,
-        "--ranks",
-        "8",
-        "--redundant",
-        "8",
-        "--previous",
-        identity,
-        "--max-moves",
-        "10",
-        "--output",
-        tmp_path / "budget.yaml",
-    )
+    budget = ["--previous", identity, "--max-moves", "10", "--output", tmp_path / "budget.yaml"]
+    budgeted = plan_json(*flags, *budget)
     assert 0 < budgeted["moves"] <= 10
     assert budgeted["imbalance_after"] < budgeted["imbalance_before"]
 

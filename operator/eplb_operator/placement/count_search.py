@@ -16,10 +16,11 @@ import functools
 import itertools
 from math import comb
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
-from eplb_operator.placement.packing import pack
+from eplb_operator.placement.packing import _pack_batch, pack
 from eplb_operator.placement.replication import expand_replicas
 
 FloatArray = npt.NDArray[np.float64]
@@ -28,7 +29,7 @@ IntArray = npt.NDArray[np.int64]
 GAP_TO_SEARCH = 5e-3
 EXHAUSTIVE_LIMIT = 512
 EXHAUSTIVE_BATCH = 16
-LOCAL_ROUNDS = 4
+LOCAL_ROUNDS = 6
 DONORS = 4
 CANDIDATES_PER_ROUND = 8
 RECEIVERS = 4
@@ -119,48 +120,81 @@ def _all_counts(num_items: int, extra: int) -> IntArray:
 def _local(
     load: FloatArray, counts: IntArray, heaviest: FloatArray, needy: IntArray, num_bins: int
 ) -> None:
-    active = needy
+    for row in needy:
+        heaviest[row] = _local_row(
+            np.ascontiguousarray(load[row]), counts[row], num_bins, float(heaviest[row])
+        )
+
+
+@numba.njit(cache=True)
+def _local_row(load: FloatArray, counts: IntArray, num_bins: int, heaviest: float) -> float:
+    """Rounds of moving one replica from a donor to a hot expert, keeping the best packing.
+
+    Updates ``counts`` ``[n]`` in place and returns its heaviest bin.  Compiled, because the
+    rounds are many small steps.
+    """
+    num_items = load.shape[0]
+    num_slots = int(counts.sum())
+    mean = load.sum() / num_bins
+    options = np.empty((DONORS * RECEIVERS + 2 * RECEIVERS, num_items), dtype=np.int64)
+    bounds = np.empty(options.shape[0], dtype=np.float64)
     for _ in range(LOCAL_ROUNDS):
-        rows, candidates = [], []
-        for row in active:
-            row_candidates: list[tuple[float, IntArray]] = []
-            c, w = counts[row], load[row]
-            spare = np.flatnonzero(c >= 2)
-            if spare.size == 0:
-                continue
-            cheap = spare[np.argsort(w[spare] / (c[spare] - 1), kind="stable")[:DONORS]]
-            crowded = spare[np.argsort(-c[spare], kind="stable")[:2]]
-            donors = np.union1d(cheap, crowded)
-            receivers = np.argsort(-(w / c), kind="stable")[:RECEIVERS]
-            for donor in donors:
+        per_replica = load / counts
+        spare_cost = np.full(num_items, np.inf)
+        crowd = np.zeros(num_items, dtype=np.int64)
+        for e in range(num_items):
+            if counts[e] >= 2:
+                spare_cost[e] = load[e] / (counts[e] - 1)
+                crowd[e] = counts[e]
+        cheap = np.argsort(spare_cost, kind="mergesort")[:DONORS]
+        crowded = np.argsort(-crowd, kind="mergesort")[:2]
+        receivers = np.argsort(-per_replica, kind="mergesort")[:RECEIVERS]
+        found = 0
+        for donor_list in (cheap, crowded):
+            for donor in donor_list:
+                if counts[donor] < 2:
+                    continue
                 for receiver in receivers:
-                    if donor == receiver:
+                    if receiver == donor:
                         continue
-                    option = c.copy()
+                    option = options[found]
+                    option[:] = counts
                     option[donor] -= 1
                     option[receiver] += 1
-                    bound = max(w.sum() / num_bins, (w / option).max())
-                    if bound < heaviest[row] * (1 - 1e-12):
-                        row_candidates.append((bound, option))
-            # Pack only the most promising few: those with the lowest bound.
-            row_candidates.sort(key=lambda candidate: candidate[0])
-            for _, option in row_candidates[:CANDIDATES_PER_ROUND]:
-                rows.append(row)
-                candidates.append(option)
-        if not candidates:
-            return
-        row_of = np.array(rows)
-        candidate_heaviest, _ = packed_heaviest(load[row_of], np.stack(candidates), num_bins)
-        improved = []
-        for row in active:
-            mine = np.flatnonzero(row_of == row)
-            if mine.size == 0:
-                continue
-            best = mine[int(np.argmin(candidate_heaviest[mine]))]
-            if candidate_heaviest[best] < heaviest[row] * (1 - 1e-9):
-                counts[row] = candidates[best]
-                heaviest[row] = candidate_heaviest[best]
-                improved.append(row)
-        if not improved:
-            return
-        active = np.array(improved)
+                    bound = mean
+                    for e in range(num_items):
+                        bound = max(bound, load[e] / option[e])
+                    duplicate = False
+                    for k in range(found):
+                        if (options[k] == option).all():
+                            duplicate = True
+                    if bound < heaviest * (1 - 1e-12) and not duplicate:
+                        bounds[found] = bound
+                        found += 1
+        if found == 0:
+            break
+        # Pack only the most promising few: those with the lowest bound.
+        order = np.argsort(bounds[:found], kind="mergesort")[:CANDIDATES_PER_ROUND]
+        weights = np.empty((order.shape[0], num_slots), dtype=np.float64)
+        for c in range(order.shape[0]):
+            option = options[order[c]]
+            position = 0
+            for e in range(num_items):
+                for _ in range(option[e]):
+                    weights[c, position] = load[e] / option[e]
+                    position += 1
+        bins = np.empty((order.shape[0], num_slots), dtype=np.int64)
+        _pack_batch(weights, num_bins, bins)
+        best, best_heaviest = -1, heaviest * (1 - 1e-9)
+        per_bin = np.empty(num_bins, dtype=np.float64)
+        for c in range(order.shape[0]):
+            per_bin[:] = 0.0
+            for slot in range(num_slots):
+                per_bin[bins[c, slot]] += weights[c, slot]
+            if per_bin.max() < best_heaviest:
+                best, best_heaviest = c, per_bin.max()
+        if best < 0:
+            break
+        counts[:] = options[order[best]]
+        heaviest = best_heaviest
+    return heaviest
