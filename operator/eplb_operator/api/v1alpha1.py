@@ -1,0 +1,353 @@
+"""``ExpertPlacement`` (group ``eplb.io``, version ``v1alpha1``, short name ``xpl``).
+
+These models are the single source of truth: ``crds/`` is generated from them
+(``python -m eplb_operator.api.crd``), field descriptions become ``kubectl explain`` text,
+and cross-field rules are CEL expressions the API server evaluates (``x-kubernetes-validations``).
+Spec fields are integers, never floats (fractions are in thousandths: ``…Permille``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from eplb_operator.placement.topology import Topology
+
+GROUP = "eplb.io"
+VERSION = "v1alpha1"
+KIND = "ExpertPlacement"
+PLURAL = "expertplacements"
+SINGULAR = "expertplacement"
+SHORT_NAMES = ["xpl"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, unknown fields rejected (as a structural schema prunes them)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(description="Label key the selector applies to.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="How the key relates to the values."
+    )
+    values: list[str] | None = Field(
+        default=None, description="Values for In and NotIn; empty for Exists and DoesNotExist."
+    )
+
+
+class LabelSelector(ApiModel):
+    match_labels: dict[str, str] | None = Field(
+        default=None, description="Pods must carry all of these labels."
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, description="Pods must satisfy all of these requirements."
+    )
+
+
+class PodsSpec(ApiModel):
+    """How serving pods say which expert-parallel group and rank they are."""
+
+    group_label: str = Field(
+        default="eplb.io/group",
+        description="Label naming a pod's EP group (one serving replica); pods of one group "
+        "exchange weights, groups share a placement.",
+    )
+    rank_label: str = Field(
+        default="eplb.io/rank", description="Label holding a pod's EP rank within its group."
+    )
+    control_port: int = Field(
+        default=8470, ge=1, le=65535, description="Port of the sidecar's control API."
+    )
+    token_secret: str | None = Field(
+        default=None,
+        description="Secret (key 'token') with the sidecar control API's bearer token.",
+    )
+
+
+class ModelShape(ApiModel):
+    name: str | None = Field(default=None, description="Model name, e.g. deepseek-ai/DeepSeek-V3.")
+    layers: int = Field(ge=1, le=1024, description="MoE layers.")
+    experts: int = Field(ge=1, le=8192, description="Logical (routed) experts per MoE layer.")
+    groups: int = Field(
+        default=1,
+        ge=1,
+        le=8192,
+        description="Expert groups (DeepSeek's node-limited routing: 8); must divide experts.",
+    )
+
+
+class TopologySpec(ApiModel):
+    ranks: int = Field(ge=1, le=16384, description="EP ranks (GPUs) in one serving replica.")
+    slots_per_rank: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Physical expert slots per rank; set this or redundantExperts.",
+    )
+    redundant_experts: int | None = Field(
+        default=None,
+        ge=0,
+        le=65536,
+        description="Extra slots beyond one per expert, spread evenly over ranks; set this or "
+        "slotsPerRank.",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Nodes the ranks span (fast links inside a node); must divide ranks.",
+    )
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: str = Field(description="ConfigMap in the ExpertPlacement's namespace.")
+    key: str = Field(default="placement.json", description="Key holding the mapping.")
+
+
+class OfflineSpec(ApiModel):
+    """A fixed mapping kept in Git (written by ``eplb plan``), rolled out as given."""
+
+    config_map_ref: ConfigMapKeyRef = Field(description="Where the mapping lives.")
+
+
+class OnlineSpec(ApiModel):
+    """Rebalance from measured load, on an interval."""
+
+    interval_seconds: int = Field(
+        default=300, ge=10, le=86400, description="How often to consider a rebalance."
+    )
+    window_seconds: int = Field(
+        default=600, ge=10, le=604800, description="Load window the decision is based on."
+    )
+    mode: Literal["auto", "hierarchical", "global"] = Field(
+        default="auto",
+        description="Placement mode; auto = hierarchical when groups divide over nodes.",
+    )
+    similarity_threshold_permille: int = Field(
+        default=990,
+        ge=0,
+        le=1000,
+        description="A layer whose load is at least this similar (cosine, thousandths) to the "
+        "load its placement came from keeps it.",
+    )
+    min_gain_permille: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Predicted imbalance reduction (thousandths) a layer must offer to be updated.",
+    )
+    slack_permille: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Imbalance (thousandths) a migration-aware plan may give up to move fewer "
+        "weights than a fresh one.",
+    )
+    max_moves: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most expert slots one rebalance may change, all layers together.",
+    )
+
+
+class RolloutSpec(ApiModel):
+    layers_per_step: int = Field(
+        default=4, ge=1, le=1024, description="Layers prepared and committed per barrier round."
+    )
+    barrier_timeout_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="All pods must prepare within this, or the step aborts everywhere.",
+    )
+    progress_deadline_seconds: int = Field(
+        default=600, ge=1, description="A rollout not done by then is reported as stuck."
+    )
+    paused: bool = Field(default=False, description="Hold every rollout and rebalance.")
+    revision_history_limit: int = Field(
+        default=10, ge=0, le=1000, description="Old revisions kept for rollback."
+    )
+
+
+class MetricsSpec(ApiModel):
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus to read load from; unset: scrape the sidecars directly.",
+    )
+    load_query: str | None = Field(
+        default=None, description="PromQL override for the per-expert load window."
+    )
+
+
+class RebalanceTrigger(ApiModel):
+    id: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Change to request a rebalance now; status.observedRebalanceId echoes it.",
+    )
+
+
+# Cross-field rules of the spec: the API server evaluates them (CEL), and so do the models.
+SPEC_RULES: list[dict[str, str]] = [
+    cel(
+        "has(self.topology.slotsPerRank) != has(self.topology.redundantExperts)",
+        "set exactly one of topology.slotsPerRank and topology.redundantExperts",
+    ),
+    cel(
+        "self.topology.ranks % self.topology.nodes == 0",
+        "topology.nodes must divide topology.ranks",
+    ),
+    cel(
+        "self.model.experts % self.model.groups == 0",
+        "model.groups must divide model.experts",
+    ),
+    cel(
+        "!has(self.topology.redundantExperts) || "
+        "(self.model.experts + self.topology.redundantExperts) % self.topology.ranks == 0",
+        "model.experts + topology.redundantExperts must be a multiple of topology.ranks",
+    ),
+    cel(
+        "!has(self.topology.slotsPerRank) || "
+        "self.topology.ranks * self.topology.slotsPerRank >= self.model.experts",
+        "topology.ranks x topology.slotsPerRank must be at least model.experts",
+    ),
+    cel("has(self.offline) || has(self.online)", "set offline, online, or both"),
+]
+
+
+class ExpertPlacementSpec(ApiModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"x-kubernetes-validations": SPEC_RULES},  # type: ignore[dict-item]
+    )
+
+    selector: LabelSelector = Field(description="Serving pods this placement applies to.")
+    # default {} lets the API server fill in the defaults of the fields inside.
+    pods: PodsSpec = Field(
+        default_factory=PodsSpec,
+        description="How pods declare group and rank.",
+        json_schema_extra={"default": {}},
+    )
+    model: ModelShape = Field(description="Shape of the MoE model.")
+    topology: TopologySpec = Field(description="Ranks, slots and nodes of one serving replica.")
+    offline: OfflineSpec | None = Field(default=None, description="Mapping from Git.")
+    online: OnlineSpec | None = Field(default=None, description="Rebalancing from live load.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How changes roll out.",
+        json_schema_extra={"default": {}},
+    )
+    metrics: MetricsSpec = Field(
+        default_factory=MetricsSpec,
+        description="Where load comes from.",
+        json_schema_extra={"default": {}},
+    )
+    rebalance: RebalanceTrigger | None = Field(default=None, description="Manual trigger.")
+
+    def placement_topology(self) -> Topology:
+        """The policy's view of this spec: experts, ranks, slots per rank, nodes, groups."""
+        if self.topology.redundant_experts is not None:
+            return Topology.from_redundant(
+                self.model.experts,
+                self.topology.ranks,
+                self.topology.redundant_experts,
+                self.topology.nodes,
+                self.model.groups,
+            )
+        assert self.topology.slots_per_rank is not None  # the CEL rules guarantee one of them
+        return Topology(
+            self.model.experts,
+            self.topology.ranks,
+            self.topology.slots_per_rank,
+            self.topology.nodes,
+            self.model.groups,
+        )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ExpertPlacementSpec:
+        """The CRD's CEL rules, evaluated by the same code the test cluster uses."""
+        from eplb_operator.api.validation import evaluate_rules
+
+        failed = evaluate_rules(SPEC_RULES, self.model_dump(by_alias=True, exclude_none=True))
+        if failed:
+            raise ValueError("; ".join(failed))
+        return self
+
+
+class Condition(ApiModel):
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase reason, e.g. BarrierTimeout.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class LastRebalance(ApiModel):
+    time: str = Field(description="When the rebalance finished (RFC 3339).")
+    predicted_balancedness: float | None = Field(default=None, description="Mean over layers.")
+    observed_balancedness: float | None = Field(default=None, description="Measured afterwards.")
+    moves: int = Field(default=0, ge=0, description="Expert slots changed.")
+    layers_updated: int = Field(default=0, ge=0)
+
+
+class ExpertPlacementStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Progressing, Degraded (kstatus-compatible).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    phase: str | None = Field(default=None, description="Summary for kubectl get.")
+    balancedness: float | None = Field(
+        default=None, description="Mean rank load / max rank load, mean over layers (1 is perfect)."
+    )
+    current_revision: str | None = Field(default=None, description="Revision in service.")
+    target_revision: str | None = Field(default=None, description="Revision being rolled out.")
+    layers_committed: int | None = Field(default=None, ge=0)
+    layers_total: int | None = Field(default=None, ge=0)
+    last_rebalance: LastRebalance | None = None
+    observed_rebalance_id: str | None = None
+
+
+class ObjectMeta(ApiModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    name: str | None = None
+    namespace: str | None = None
+
+
+class ExpertPlacement(ApiModel):
+    api_version: Literal["eplb.io/v1alpha1"] = "eplb.io/v1alpha1"
+    kind: Literal["ExpertPlacement"] = "ExpertPlacement"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ExpertPlacementSpec
+    status: ExpertPlacementStatus | None = None
+
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    },
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Balancedness", "type": "number", "jsonPath": ".status.balancedness"},
+    {"name": "Revision", "type": "string", "jsonPath": ".status.currentRevision"},
+    {"name": "Layers", "type": "integer", "jsonPath": ".status.layersCommitted"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]

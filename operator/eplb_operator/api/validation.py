@@ -1,0 +1,125 @@
+"""Validate objects against a CRD the way an API server does: defaults, schema, CEL rules.
+
+The test cluster and ``eplb`` use this to reject bad ExpertPlacements with the CRD's own
+messages before anything is stored.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import celpy
+from celpy.adapter import json_to_cel
+from jsonschema import Draft202012Validator
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One reason an object is invalid: the field (``spec.topology.ranks``) and a message."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+def openapi_schema(crd: dict[str, Any], version: str | None = None) -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of ``version`` (default: the storage version) of ``crd``."""
+    for served in crd["spec"]["versions"]:
+        if served["name"] == version or (version is None and served.get("storage")):
+            schema: dict[str, Any] = served["schema"]["openAPIV3Schema"]
+            return schema
+    raise KeyError(f"{crd['metadata']['name']} has no version {version}")
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """``value`` with the schema's defaults filled in where fields are absent (a copy).
+
+    As in Kubernetes, a null in a field that is not ``nullable`` is pruned first, so
+    ``offline: null`` means the same as leaving ``offline`` out.
+    """
+    value = copy.deepcopy(value)
+    _default(schema, value)
+    return value
+
+
+def _default(schema: dict[str, Any], value: Any) -> None:
+    if isinstance(value, dict):
+        for name, child in schema.get("properties", {}).items():
+            if name in value and value[name] is None and not child.get("nullable"):
+                del value[name]
+            if name not in value and "default" in child:
+                value[name] = copy.deepcopy(child["default"])
+            if name in value:
+                _default(child, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            _default(schema["items"], item)
+
+
+def validate(schema: dict[str, Any], value: Any) -> list[Violation]:
+    """Every violation of ``schema`` (defaults applied first) by ``value``; empty if valid.
+
+    CEL rules run only on a value that passed the schema, as in Kubernetes.
+    """
+    value = apply_defaults(schema, value)
+    violations = [
+        Violation(".".join(str(p) for p in error.absolute_path), error.message)
+        for error in sorted(
+            _validator(schema).iter_errors(value), key=lambda e: list(map(str, e.absolute_path))
+        )
+    ]
+    if violations:
+        return violations
+    _cel(schema, value, "", violations)
+    return violations
+
+
+def evaluate_rules(rules: list[dict[str, str]], value: Any) -> list[str]:
+    """Messages of the CEL ``rules`` that ``value`` (bound to ``self``) fails."""
+    failed = []
+    for rule in rules:
+        try:
+            ok = bool(_program(rule["rule"]).evaluate({"self": json_to_cel(value)}))
+        except Exception as error:  # a rule that cannot run is a failure, never a crash
+            failed.append(f"{rule['message']} (rule error: {error})")
+            continue
+        if not ok:
+            failed.append(rule["message"])
+    return failed
+
+
+def _cel(schema: dict[str, Any], value: Any, path: str, out: list[Violation]) -> None:
+    for rule in schema.get("x-kubernetes-validations", []):
+        for message in evaluate_rules([rule], value):
+            field = path + rule.get("fieldPath", "")
+            out.append(Violation(field.lstrip("."), message))
+    if isinstance(value, dict):
+        for name, child in schema.get("properties", {}).items():
+            if name in value:
+                _cel(child, value[name], f"{path}.{name}", out)
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            _cel(schema["items"], item, f"{path}[{index}]", out)
+
+
+@lru_cache(maxsize=256)
+def _program(rule: str) -> Any:
+    environment = celpy.Environment()
+    return environment.program(environment.compile(rule))
+
+
+# Compiled validators by schema identity (the schema object is kept to pin the id).
+_cache: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    entry = _cache.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        entry = (schema, Draft202012Validator(schema))
+        _cache[id(schema)] = entry
+    return entry[1]
