@@ -247,7 +247,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--repeats", type=int, default=15, help="timed runs per speed case (median)"
+        "--repeats", type=int, default=41, help="timed pairs per speed case (interleaved)"
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--json", action="store_true", help="also print the tables as JSON")

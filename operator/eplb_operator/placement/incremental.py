@@ -36,6 +36,8 @@ MIN_STEP_GAIN = 1e-9
 # help most, at a cost independent of the model's size.
 HOT_RANKS = 3
 LIGHT_EXPERTS = 16
+# A hot expert's new replica comes from a spare slot on one of the coldest few ranks.
+COLD_RANKS = 4
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,14 @@ class _Search:
         would_be = self.load / (counts + 1)
         light_experts = np.argsort(would_be, kind="stable")[:LIGHT_EXPERTS]
         receivers = np.union1d(light_experts, hot_experts)
-        # Family 1: a hot slot gives up its expert for a light or hot one.  Family 2: any
-        # donor slot takes a hot expert, which lightens its replicas on the hot ranks.
+        # Family 1: a hot slot gives up its expert for a light or hot one.  Family 2: a
+        # spare slot on a cold rank takes a hot expert, lightening its replicas on hot ranks.
         slots_1 = np.intersect1d(donors, hot_slots)
+        coldest = np.argsort(loads, kind="stable")[:COLD_RANKS]
+        slots_2 = donors[np.isin(self.rank_of_slot[donors], coldest)]
         pairs = [
             (np.repeat(slots_1, receivers.size), np.tile(receivers, slots_1.size)),
-            (np.repeat(donors, hot_experts.size), np.tile(hot_experts, donors.size)),
+            (np.repeat(slots_2, hot_experts.size), np.tile(hot_experts, slots_2.size)),
         ]
         slots = np.concatenate([p[0] for p in pairs])
         experts = np.concatenate([p[1] for p in pairs])

@@ -25,6 +25,7 @@ from eplb_operator.placement import views
 from eplb_operator.placement.alignment import align_to_previous
 from eplb_operator.placement.gate import load_similarity
 from eplb_operator.placement.incremental import Waypoint, search_path
+from eplb_operator.placement.packing import warm_up
 from eplb_operator.placement.rebalance import (
     Mode,
     groups_of_node_in,
@@ -112,6 +113,7 @@ def plan(
     """Plan placements for ``load`` ``[L, E]``; ``previous`` ``[L, P]`` is the one in service,
     ``reference_load`` ``[L, E]`` the load it was computed from (for the similarity gate)."""
     options = options or PlanOptions()
+    warm_up()  # compute_seconds counts computation, not numba loading its kernels
     started = time.perf_counter()
     views.validate_load(load, topology.num_experts)
     num_layers = load.shape[0]
