@@ -1,0 +1,43 @@
+"""kopf runs a full lifecycle against the local cluster: create, update, status, delete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from kopf.testing import KopfRunner
+
+from eplb_operator.cluster import LocalCluster
+from tests.cluster.conftest import XPL, Api, placement
+
+PROBE = Path(__file__).with_name("kopf_probe.py")
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+def test_kopf_full_lifecycle(
+    cluster: LocalCluster, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    args = ["run", "--standalone", "--namespace", "default", "--verbose", str(PROBE)]
+    with KopfRunner(args, timeout=60) as runner:
+        assert api.post(XPL, placement()).code == 201
+        eventually(lambda: api.get(f"{XPL}/ds").body.get("status", {}).get("phase") == "Created")
+        assert api.get(f"{XPL}/ds").body["metadata"].get("finalizers")  # kopf's own finalizer
+        api.merge(f"{XPL}/ds", {"spec": {"rollout": {"layersPerStep": 2}}})
+        eventually(lambda: api.get(f"{XPL}/ds").body.get("status", {}).get("phase") == "Updated-2")
+        api.delete(f"{XPL}/ds")
+        eventually(lambda: api.get(f"{XPL}/ds").code == 404)
+    assert runner.exception is None, runner.output
+    assert runner.exit_code == 0
+    assert "probe saw the deletion" in runner.output
+    assert "Traceback" not in runner.output
