@@ -9,6 +9,11 @@ import kopf
 RESOURCE = ("eplb.io", "v1alpha1", "expertplacements")
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.create(*RESOURCE)
 def created(patch: kopf.Patch, **_: Any) -> None:
     patch.status["phase"] = "Created"

@@ -56,6 +56,21 @@ class LabelSelector(ApiModel):
         default=None, description="Pods must satisfy all of these requirements."
     )
 
+    def to_query(self) -> str:
+        """The selector as the ``labelSelector`` query string of a list or watch."""
+        terms = [f"{k}={v}" for k, v in sorted((self.match_labels or {}).items())]
+        for requirement in self.match_expressions or []:
+            values = ",".join(requirement.values or [])
+            terms.append(
+                {
+                    "In": f"{requirement.key} in ({values})",
+                    "NotIn": f"{requirement.key} notin ({values})",
+                    "Exists": requirement.key,
+                    "DoesNotExist": f"!{requirement.key}",
+                }[requirement.operator]
+            )
+        return ",".join(terms)
+
 
 class PodsSpec(ApiModel):
     """How serving pods say which expert-parallel group and rank they are."""

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers over pure decision modules (conditions, pod checks)."""
