@@ -9,6 +9,7 @@ mkdir -p out
 eplb plan \
     --stats examples/stats/deepseek-v3-synthetic.json \
     --ranks 32 --redundant 32 --nodes 4 --groups 8 \
-    --output out/deepseek-v3-placement.yaml "$@"
+    --output out/deepseek-v3-placement.yaml --plot out/deepseek-v3-placement.png "$@"
 echo
+echo "Rank load before and after: out/deepseek-v3-placement.png"
 echo "Apply it with: kubectl apply -f out/deepseek-v3-placement.yaml"

@@ -89,6 +89,13 @@ def test_previous_keeps_what_can_stay_and_respects_the_budget(
     assert budgeted["imbalance_after"] < budgeted["imbalance_before"]
 
 
+def test_plot_writes_a_heatmap_png(tmp_path: Path) -> None:
+    picture = tmp_path / "plan.png"
+    plan_json("--stats", EXAMPLE, *DSV3_FLAGS, "--output", tmp_path / "p.yaml", "--plot", picture)
+    data = picture.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
 def test_readable_table_without_summary_json(tmp_path: Path) -> None:
     result = eplb("plan", "--stats", EXAMPLE, *DSV3_FLAGS, "--output", tmp_path / "x.yaml")
     assert result.returncode == 0, result.stderr

@@ -85,6 +85,10 @@ def plan_command(
     summary_json: Annotated[
         bool, typer.Option("--summary-json", help="Print one JSON summary on stdout.")
     ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also write a PNG heatmap of rank load per layer, before and after."),
+    ] = None,
 ) -> None:
     """Compute a placement from recorded stats and write it for GitOps or an engine."""
     from eplb_operator.formats.mappings import render, write_atomically
@@ -105,6 +109,8 @@ def plan_command(
         )
         text = render(doc, output_format.value, name or _default_name(output))
         write_atomically(output, text)
+        if plot is not None:
+            _plot(result, doc, plot)
     except InvalidInputError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
@@ -177,6 +183,22 @@ def _read_previous(path: Path, stats: LoadStats, topology: Topology) -> torch.Te
     except InvalidInputError as error:
         raise InvalidInputError(f"{path}: {error}") from None
     return doc.phy2log
+
+
+def _plot(result: Plan, doc: PlacementDocument, path: Path) -> None:
+    from eplb_operator.report.heatmaps import plot_rank_loads
+
+    assert result.load is not None and result.previous is not None and doc.num_ranks
+    before = rank_loads_of(result.load, result.previous, doc.num_ranks)
+    after = rank_loads_of(result.load, result.placement, doc.num_ranks)
+    title = f"{doc.model or 'model'}: {doc.num_ranks} ranks, {result.moves} slots moved"
+    plot_rank_loads(before, after, title, path)
+
+
+def rank_loads_of(load: torch.Tensor, placement: torch.Tensor, ranks: int) -> torch.Tensor:
+    from eplb_operator.placement.views import rank_loads
+
+    return rank_loads(load, placement, ranks)
 
 
 def _default_name(output: Path) -> str:

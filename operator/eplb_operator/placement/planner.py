@@ -81,6 +81,8 @@ class Plan:
     placement: torch.Tensor  # [L, P] int64
     layers: list[LayerPlan] = field(default_factory=list)
     compute_seconds: float = 0.0
+    load: torch.Tensor | None = None  # [L, E] the plan was made for
+    previous: torch.Tensor | None = None  # [L, P] it replaces (identity when there was none)
 
     @property
     def moves(self) -> int:
@@ -150,12 +152,12 @@ def plan(
             )
             for layer in range(num_layers)
         ]
-        return Plan(fresh, layers, time.perf_counter() - started)
+        return Plan(fresh, layers, time.perf_counter() - started, load, identity)
 
     result, layers = _plan_against_previous(
         load, topology, previous, reference_load, options, fresh, fresh_imbalance, bound
     )
-    return Plan(torch.from_numpy(result), layers, time.perf_counter() - started)
+    return Plan(torch.from_numpy(result), layers, time.perf_counter() - started, load, previous)
 
 
 def _plan_against_previous(

@@ -1,0 +1,1 @@
+"""Pictures of placements: what a person would rather look at than read."""
