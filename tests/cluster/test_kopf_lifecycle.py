@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kopf.testing import KopfRunner
 
 from eplb_operator.cluster import LocalCluster
-from tests.cluster.conftest import XPL, Api, placement
+from tests.cluster.conftest import XPL, Api, eventually, placement
 
 PROBE = Path(__file__).with_name("kopf_probe.py")
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_kopf_full_lifecycle(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
 
 from eplb_operator.cluster import LocalCluster
-from tests.cluster.conftest import XPL, Api, placement
+from tests.cluster.conftest import XPL, Api, eventually, placement
 
 PODS = "/api/v1/namespaces/default/pods"
 
@@ -25,15 +23,6 @@ def pod(name: str, group: str, rank: int | str | None) -> dict[str, Any]:
 def degraded(api: Api) -> dict[str, Any] | None:
     conditions = api.get(f"{XPL}/ds").body.get("status", {}).get("conditions", [])
     return next((c for c in conditions if c["type"] == "Degraded"), None)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_fewer_pods_than_ranks_is_degraded_until_fixed(

@@ -262,6 +262,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return None
         return copy.deepcopy(self._objects[key].raw)
 
+    def _existing(
+        self, request: kmock.Request, resource_type: ResourceType
+    ) -> tuple[tuple[Any, str | None, str], dict[str, Any]] | aiohttp.web.Response:
+        """The named object's key and a copy of it, or the 404 to answer with."""
+        key = self._key(request, resource_type, request.name or "")
+        current = self._current(key)
+        if current is None:
+            return self._not_found(resource_type, request.name or "")
+        return key, current
+
     async def _store(
         self, key: tuple[Any, str | None, str], obj: dict[str, Any], event: str
     ) -> None:
@@ -464,10 +474,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _update(
         self, request: kmock.Request, resource_type: ResourceType
     ) -> aiohttp.web.Response:
-        key = self._key(request, resource_type, request.name or "")
-        current = self._current(key)
-        if current is None:
-            return self._not_found(resource_type, request.name or "")
+        found = self._existing(request, resource_type)
+        if isinstance(found, aiohttp.web.Response):
+            return found
+        key, current = found
         if request.subresource not in (None, "status") or (
             request.subresource == "status" and not resource_type.status_subresource
         ):
@@ -565,10 +575,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     async def _delete(
         self, request: kmock.Request, resource_type: ResourceType
     ) -> aiohttp.web.Response:
-        key = self._key(request, resource_type, request.name or "")
-        current = self._current(key)
-        if current is None:
-            return self._not_found(resource_type, request.name or "")
+        found = self._existing(request, resource_type)
+        if isinstance(found, aiohttp.web.Response):
+            return found
+        key, current = found
         meta = current["metadata"]
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
