@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from eplb_operator import __version__
+from eplb_operator.cli.cluster import cluster_command
 from eplb_operator.cli.plan import plan_command
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("plan", no_args_is_help=True)(plan_command)
+app.command("cluster")(cluster_command)
 
 
 @app.command("version")
