@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# Create .venv with everything the project needs; a no-op when nothing changed.
+# Install what the project needs: promtool, then .venv (a no-op when nothing changed).
 # torch is installed first, pinned to the CPU build these machines carry (an unpinned
 # torch would pull a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# promtool (Debian's prometheus package) unit-tests the alert rules.
+if ! command -v promtool >/dev/null; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "setup: promtool is missing; install the 'prometheus' package (e.g. sudo apt-get install prometheus)" >&2
+    fi
+fi
 
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
