@@ -28,7 +28,7 @@ import attrs
 import jsonpatch
 import kmock
 
-from eplb_operator.api.validation import openapi_schema, validate
+from eplb_operator.api.validation import apply_defaults, openapi_schema, validate
 from eplb_operator.cluster import selectors, tables
 
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -287,8 +287,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """``obj`` with defaults applied, or a 422 naming every violation of the CRD."""
         if resource_type.schema is None:
             return obj, None
-        from eplb_operator.api.validation import apply_defaults
-
         violations = validate(resource_type.schema, obj)
         if not violations:
             return apply_defaults(resource_type.schema, obj), None

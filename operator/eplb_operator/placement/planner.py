@@ -21,6 +21,7 @@ from enum import Enum
 import numpy as np
 import torch
 
+from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement import views
 from eplb_operator.placement.alignment import align_to_previous
 from eplb_operator.placement.gate import load_similarity
@@ -122,8 +123,6 @@ def plan(
     if previous is not None:
         views.validate_placement(previous, topology)
         if previous.shape[0] != num_layers:
-            from eplb_operator.errors import InvalidInputError
-
             raise InvalidInputError(
                 f"previous placement has {previous.shape[0]} layers, load has {num_layers}"
             )

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement.count_search import search_counts
 from eplb_operator.placement.packing import members, pack
 from eplb_operator.placement.replication import expand_replicas, replicate
@@ -36,8 +37,6 @@ def resolve_mode(mode: Mode, topology: Topology) -> Literal["hierarchical", "glo
     if mode == "auto":
         return "hierarchical" if topology.hierarchical_possible else "global"
     if mode == "hierarchical" and not topology.hierarchical_possible:
-        from eplb_operator.errors import InvalidInputError
-
         raise InvalidInputError(
             f"hierarchical mode needs nodes ({topology.num_nodes}) to divide "
             f"groups ({topology.num_groups}); use --mode global"
