@@ -1,10 +1,17 @@
-"""``eplb-sidecar``: the per-pod data-plane process."""
+"""``eplb-sidecar``: the per-pod data-plane process, and the reference engine."""
 
 from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from eplb_sidecar import __version__
+from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE
 
 app = typer.Typer(
     name="eplb-sidecar",
@@ -13,13 +20,115 @@ app = typer.Typer(
     add_completion=False,
 )
 
+TableDir = Annotated[
+    Path, typer.Option(help="Directory of the expert table (shared memory emptyDir).")
+]
+
 
 @app.callback()
 def main() -> None:
     """Per-pod EPLB sidecar."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
 
 @app.command("version")
 def version_command() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+@app.command("serve")
+def serve_command(
+    table_dir: TableDir,
+    token_file: Annotated[Path, typer.Option(help="Bearer token of the control API (a Secret).")],
+    pod: Annotated[str, typer.Option(envvar="POD_NAME", help="Pod name shown by /v1/info.")] = (
+        socket.gethostname()
+    ),
+    bind: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    control_port: Annotated[int, typer.Option(help="Control API port (token required).")] = 8470,
+    metrics_port: Annotated[int, typer.Option(help="/metrics and /healthz port.")] = 9470,
+    transfer_port: Annotated[
+        int, typer.Option(help="Rendezvous store for peer transfers; 0 disables them.")
+    ] = 29470,
+    backend: Annotated[str, typer.Option(help="Peer transfer backend: gloo or nccl.")] = "gloo",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Safetensors checkpoint to re-read experts from.")
+    ] = None,
+    checkpoint_key: Annotated[
+        str, typer.Option(help="Tensor name template with {layer}, {expert}, {name}.")
+    ] = DEFAULT_KEY_TEMPLATE,
+    wait_seconds: Annotated[float, typer.Option(help="How long to wait for the engine.")] = 300.0,
+) -> None:
+    """Attach to the engine's expert table; serve the control API and /metrics."""
+    from eplb_sidecar.runtime import SidecarOptions, run_sidecar
+
+    if backend not in ("gloo", "nccl"):
+        raise typer.BadParameter("must be gloo or nccl", param_hint="--backend")
+    run_sidecar(
+        SidecarOptions(
+            table_dir=table_dir,
+            token_file=token_file,
+            pod=pod,
+            bind=bind,
+            control_port=control_port,
+            metrics_port=metrics_port,
+            transfer_port=transfer_port,
+            backend=backend,  # type: ignore[arg-type]
+            checkpoint=checkpoint,
+            checkpoint_key=checkpoint_key,
+            wait_seconds=wait_seconds,
+        )
+    )
+
+
+@app.command("engine")
+def engine_command(
+    table_dir: TableDir,
+    rank: Annotated[int, typer.Option(help="EP rank of this engine.")] = 0,
+    ranks: Annotated[int, typer.Option(help="EP ranks in the group.")] = 4,
+    group: Annotated[str, typer.Option(help="EP group (serving replica) name.")] = "0",
+    layers: Annotated[int, typer.Option(help="MoE layers.")] = 4,
+    experts: Annotated[int, typer.Option(help="Logical experts per layer.")] = 16,
+    slots_per_rank: Annotated[int, typer.Option(help="Physical expert slots per rank.")] = 5,
+    hidden: Annotated[int, typer.Option(help="Hidden size H.")] = 64,
+    intermediate: Annotated[int, typer.Option(help="Expert intermediate size I.")] = 32,
+    top_k: Annotated[int, typer.Option(help="Experts per token.")] = 2,
+    dtype: Annotated[str, typer.Option(help="Weight dtype.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu or cuda[:n] (CUDA IPC).")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed of weights and workload.")] = 0,
+    skew: Annotated[float, typer.Option(help="Zipf exponent of expert popularity.")] = 1.2,
+    tokens_per_step: Annotated[int, typer.Option(help="Tokens per step.")] = 256,
+    step_interval: Annotated[float, typer.Option(help="Seconds between steps.")] = 0.02,
+    bind: Annotated[str, typer.Option(help="Engine API address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Engine API port (workload, probe).")] = 8000,
+    write_checkpoint: Annotated[
+        Path | None, typer.Option(help="Write the model's checkpoint here and exit.")
+    ] = None,
+) -> None:
+    """Run the reference MoE engine: publish its expert table and serve token batches."""
+    from eplb_sidecar.engine.config import EngineConfig, Workload
+
+    config = EngineConfig(
+        group=group,
+        rank=rank,
+        ranks=ranks,
+        layers=layers,
+        experts=experts,
+        slots_per_rank=slots_per_rank,
+        hidden=hidden,
+        intermediate=intermediate,
+        top_k=top_k,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        workload=Workload(skew=skew, tokens_per_step=tokens_per_step, step_interval=step_interval),
+    )
+    if write_checkpoint is not None:
+        from eplb_sidecar.engine.checkpoint import write_checkpoint as write
+
+        write(write_checkpoint, config)
+        return
+    from eplb_sidecar.runtime import run_engine
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    run_engine(config, table_dir, bind, port)

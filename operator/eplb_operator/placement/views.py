@@ -15,41 +15,23 @@ import torch
 from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement.replication import replicate
 from eplb_operator.placement.topology import Topology
+from eplb_sidecar.contract.validation import placement_error
 
 
 def validate_placement(phy2log: torch.Tensor, topology: Topology) -> None:
     """Raise InvalidInputError unless ``phy2log`` ``[L, P]`` is a usable placement.
 
     Usable: integer, P slots per layer, ids in ``[0, E)``, every logical expert with at
-    least one replica in every layer.
+    least one replica in every layer (the sidecar's published check, so both sides agree).
     """
-    if phy2log.dim() != 2:
-        raise InvalidInputError(
-            f"placement must be [layers, slots], got shape {list(phy2log.shape)}"
-        )
-    if phy2log.dtype.is_floating_point or phy2log.dtype == torch.bool:
-        raise InvalidInputError(f"placement must hold integer expert ids, got {phy2log.dtype}")
-    if phy2log.shape[1] != topology.num_slots:
+    if phy2log.dim() == 2 and phy2log.shape[1] != topology.num_slots:
         raise InvalidInputError(
             f"placement has {phy2log.shape[1]} slots per layer, topology has {topology.num_slots} "
             f"({topology.num_ranks} ranks x {topology.slots_per_rank})"
         )
-    if phy2log.numel() == 0:
-        return
-    low, high = int(phy2log.min()), int(phy2log.max())
-    if low < 0 or high >= topology.num_experts:
-        bad = low if low < 0 else high
-        raise InvalidInputError(
-            f"placement names expert {bad}, outside [0, {topology.num_experts})"
-        )
-    counts = replica_counts(phy2log, topology.num_experts)
-    missing = (counts == 0).nonzero()
-    if missing.numel():
-        layer, expert = (int(v) for v in missing[0])
-        raise InvalidInputError(
-            f"layer {layer}: logical expert {expert} has no replica "
-            f"({missing.shape[0]} expert(s) without a replica in all)"
-        )
+    error = placement_error(phy2log, topology.num_slots, topology.num_experts)
+    if error is not None:
+        raise InvalidInputError(error)
 
 
 def validate_load(load: torch.Tensor, num_experts: int | None = None) -> None:

@@ -1,0 +1,91 @@
+"""An asyncio client of the control API (what the operator, tests and benchmarks call)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel
+
+from eplb_sidecar.api import (
+    API_PREFIX,
+    AbortRequest,
+    CommitRequest,
+    Info,
+    PrepareRequest,
+    Problem,
+    Result,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class SidecarError(RuntimeError):
+    """The sidecar refused a call (``status``, ``problem``) or could not be reached (0)."""
+
+    def __init__(self, url: str, status: int, problem: Problem) -> None:
+        super().__init__(f"{url}: {status} {problem.reason}: {problem.message}")
+        self.url = url
+        self.status = status
+        self.problem = problem
+
+
+class SidecarClient:
+    """One sidecar's control API, authenticated with a bearer token."""
+
+    def __init__(
+        self, base_url: str, token: str, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self._session = session
+        self._owns_session = session is None
+
+    async def __aenter__(self) -> SidecarClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def info(self, placement: bool = False) -> Info:
+        query = "?placement=true" if placement else ""
+        return await self._call("GET", f"/info{query}", None, Info)
+
+    async def prepare(self, request: PrepareRequest) -> Result:
+        return await self._call("POST", "/prepare", request, Result)
+
+    async def commit(self, request: CommitRequest) -> Result:
+        return await self._call("POST", "/commit", request, Result)
+
+    async def abort(self, request: AbortRequest) -> Result:
+        return await self._call("POST", "/abort", request, Result)
+
+    async def _call(
+        self, method: str, path: str, body: BaseModel | None, answer: type[Model]
+    ) -> Model:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        url = f"{self.base_url}{API_PREFIX}{path}"
+        payload: Any = body.model_dump(mode="json") if body is not None else None
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            async with self._session.request(method, url, json=payload, headers=headers) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise SidecarError(url, resp.status, Problem.model_validate(data))
+                return answer.model_validate(data)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise SidecarError(
+                url, 0, Problem(reason="Unreachable", message=f"{type(error).__name__}: {error}")
+            ) from error

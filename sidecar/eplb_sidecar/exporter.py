@@ -1,0 +1,110 @@
+"""``/metrics``: the engine's per-slot token counters and the sidecar's own figures.
+
+Token counters are read from the expert table at scrape time (no copy, no thread).  A
+slot's series is labelled with the logical expert it holds now; when a commit gives the
+slot another expert, the old series disappears and the new one starts from zero (the
+counter base recorded at commit), so cardinality stays layers × local slots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from eplb_sidecar import metric_names as names
+from eplb_sidecar.contract.table import ExpertTable
+
+SHUFFLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class TableCollector(Collector):
+    """Token counters, revision per layer and the group's balancedness over ``window`` s."""
+
+    def __init__(self, table: ExpertTable, window_seconds: float = 60.0) -> None:
+        self.table = table
+        self.window_seconds = window_seconds
+        self._history: deque[tuple[float, torch.Tensor]] = deque()
+
+    def collect(self) -> Iterator[Metric]:
+        layout = self.table.layout
+        first, S = layout.first_slot, layout.slots_per_rank
+        counts = (self.table.counters - self.table.counter_base).tolist()
+        experts = self.table.local_placement().tolist()
+        tokens = CounterMetricFamily(
+            names.EXPERT_TOKENS.name.removesuffix("_total"),
+            names.EXPERT_TOKENS.help,
+            labels=list(names.EXPERT_TOKENS.labels),
+        )
+        for layer in range(layout.layers):
+            for slot in range(S):
+                tokens.add_metric(
+                    [str(layer), str(experts[layer][slot]), str(first + slot)],
+                    counts[layer][slot],
+                )
+        yield tokens
+
+        revision = GaugeMetricFamily(
+            names.LAYER_REVISION.name, names.LAYER_REVISION.help, labels=["layer"]
+        )
+        for layer, value in enumerate(self.table.revisions.tolist()):
+            revision.add_metric([str(layer)], value)
+        yield revision
+
+        balancedness = self._balancedness()
+        if balancedness is not None:
+            gauge = GaugeMetricFamily(
+                names.LAYER_BALANCEDNESS.name, names.LAYER_BALANCEDNESS.help, labels=["layer"]
+            )
+            for layer, value in enumerate(balancedness.tolist()):
+                gauge.add_metric([str(layer)], value)
+            yield gauge
+
+    def _balancedness(self) -> torch.Tensor | None:
+        """``[L]`` mean/max rank load over the window, from the engine's group loads.
+
+        None when the engine does not report group loads or no tokens arrived in the window.
+        """
+        load = self.table.group_load.clone()
+        if bool((load < 0).any()):
+            return None
+        now = time.monotonic()
+        self._history.append((now, load))
+        while len(self._history) > 1 and self._history[1][0] <= now - self.window_seconds:
+            self._history.popleft()
+        delta = (load - self._history[0][1]).double()
+        if len(self._history) == 1 or bool((delta.sum(dim=1) == 0).any()):
+            return None
+        return delta.mean(dim=1) / delta.max(dim=1).values
+
+
+class SidecarMetrics:
+    """The sidecar's registry: table series plus shuffle counters and durations."""
+
+    def __init__(self, table: ExpertTable) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(TableCollector(table))
+        self.shuffles = Counter(
+            names.SHUFFLES.name.removesuffix("_total"),
+            names.SHUFFLES.help,
+            list(names.SHUFFLES.labels),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            names.SHUFFLE_DURATION.name,
+            names.SHUFFLE_DURATION.help,
+            list(names.SHUFFLE_DURATION.labels),
+            buckets=SHUFFLE_BUCKETS,
+            registry=self.registry,
+        )
+        self.bytes = Counter(
+            names.SHUFFLE_BYTES.name.removesuffix("_total"),
+            names.SHUFFLE_BYTES.help,
+            list(names.SHUFFLE_BYTES.labels),
+            registry=self.registry,
+        )

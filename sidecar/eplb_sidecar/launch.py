@@ -1,0 +1,222 @@
+"""Local pods: an EP group of (reference engine, sidecar) process pairs on this machine.
+
+What the tests, the sandbox and the benchmarks start instead of GPU pods: each pod is two
+real processes sharing a table directory, the sidecars form their gloo groups over
+localhost.  Ports are picked free; ``LocalGroup.stop()`` (or the context manager) ends
+every process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from eplb_sidecar.engine.config import EngineConfig
+from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalPod:
+    """One pod: its processes, ports and table directory."""
+
+    name: str
+    rank: int
+    table_dir: Path
+    engine_port: int
+    control_port: int
+    metrics_port: int
+    transfer_port: int
+    engine: subprocess.Popen[bytes] | None = None
+    sidecar: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def engine_url(self) -> str:
+        return f"http://127.0.0.1:{self.engine_port}"
+
+    @property
+    def store(self) -> str:
+        return f"127.0.0.1:{self.transfer_port}"
+
+
+class LocalGroup:
+    """Start ``config.ranks`` pods of one EP group under ``workdir``."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        workdir: Path,
+        checkpoint: Path | None = None,
+        token: str | None = None,
+        step_interval: float | None = None,
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.checkpoint = checkpoint
+        self.token = token or secrets.token_hex(16)
+        self.token_file = workdir / "token"
+        if step_interval is not None:
+            config.workload.step_interval = step_interval
+        self.pods = [
+            LocalPod(
+                name=f"{config.group}-rank-{rank}",
+                rank=rank,
+                table_dir=workdir / f"pod-{rank}" / "table",
+                engine_port=free_port(),
+                control_port=free_port(),
+                metrics_port=free_port(),
+                transfer_port=free_port(),
+            )
+            for rank in range(config.ranks)
+        ]
+
+    # -- the engines' own API -----------------------------------------------------------
+    def probe(self, tokens: int = 16, seed: int = 12345) -> torch.Tensor:
+        """``[L, T, H]``: the group's MoE outputs for fixed inputs (see engine.probe)."""
+        body = ProbeRequest(tokens=tokens, seed=seed).model_dump_json().encode()
+        parts = [
+            ProbePart.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
+            for pod in self.pods
+        ]
+        return merge_probe_parts(parts)
+
+    def set_workload(self, **changes: object) -> None:
+        body = json.dumps(changes).encode()
+        for pod in self.pods:
+            _post(f"{pod.engine_url}/v1/workload", body)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> LocalGroup:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.token_file.write_text(self.token)
+        self.token_file.chmod(0o600)
+        for pod in self.pods:
+            self.start_engine(pod)
+            self.start_sidecar(pod)
+        self.wait_ready(timeout)
+        return self
+
+    def start_engine(self, pod: LocalPod) -> None:
+        config, workload = self.config, self.config.workload
+        args = [
+            "engine", "--table-dir", str(pod.table_dir), "--rank", str(pod.rank),
+            "--ranks", str(config.ranks), "--group", config.group,
+            "--layers", str(config.layers), "--experts", str(config.experts),
+            "--slots-per-rank", str(config.slots_per_rank), "--hidden", str(config.hidden),
+            "--intermediate", str(config.intermediate), "--top-k", str(config.top_k),
+            "--dtype", config.dtype, "--device", config.device, "--seed", str(config.seed),
+            "--skew", str(workload.skew), "--tokens-per-step", str(workload.tokens_per_step),
+            "--step-interval", str(workload.step_interval), "--port", str(pod.engine_port),
+        ]  # fmt: skip
+        pod.engine = self._spawn(pod, "engine", args)
+
+    def start_sidecar(self, pod: LocalPod) -> None:
+        args = [
+            "serve", "--table-dir", str(pod.table_dir), "--token-file", str(self.token_file),
+            "--pod", pod.name, "--bind", "127.0.0.1",
+            "--control-port", str(pod.control_port), "--metrics-port", str(pod.metrics_port),
+            "--transfer-port", str(pod.transfer_port),
+        ]  # fmt: skip
+        if self.checkpoint is not None:
+            args += ["--checkpoint", str(self.checkpoint)]
+        pod.sidecar = self._spawn(pod, "sidecar", args)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        for pod in self.pods:
+            for url, process in (
+                (pod.engine_url, pod.engine),
+                (pod.metrics_url, pod.sidecar),
+            ):
+                while not _healthy(url):
+                    if process is not None and process.poll() is not None:
+                        raise RuntimeError(f"{pod.name}: process exited; see {pod.logs[-1]}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{pod.name} not ready at {url}")
+                    time.sleep(0.1)
+
+    def kill(self, pod: LocalPod, which: str = "sidecar") -> None:
+        """SIGKILL one process of a pod (a crash, not a shutdown)."""
+        process = pod.sidecar if which == "sidecar" else pod.engine
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+
+    def stop(self) -> None:
+        processes = [p for pod in self.pods for p in (pod.sidecar, pod.engine) if p is not None]
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def __enter__(self) -> LocalGroup:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, pod: LocalPod, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = self.workdir / f"pod-{pod.rank}" / f"{role}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        pod.logs.append(log)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        with open(log, "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "eplb_sidecar", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+
+def _post(url: str, body: bytes) -> bytes:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return bytes(response.read())
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,98 @@
+"""Process entry points: the sidecar (control + metrics servers) and the reference engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE, CheckpointReader
+from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.engine.config import EngineConfig
+from eplb_sidecar.engine.reference import ReferenceEngine
+from eplb_sidecar.engine.server import engine_app
+from eplb_sidecar.exporter import SidecarMetrics
+from eplb_sidecar.server import control_app, metrics_app
+from eplb_sidecar.shuffle import ShuffleExecutor
+from eplb_sidecar.transfer import Backend, PeerGroups
+
+log = logging.getLogger("eplb_sidecar")
+
+
+@dataclass(frozen=True)
+class SidecarOptions:
+    table_dir: Path
+    token_file: Path
+    pod: str
+    bind: str = "0.0.0.0"
+    control_port: int = 8470
+    metrics_port: int = 9470
+    transfer_port: int = 29470
+    backend: Backend = "gloo"
+    checkpoint: Path | None = None
+    checkpoint_key: str = DEFAULT_KEY_TEMPLATE
+    wait_seconds: float = 300.0
+
+
+async def _until_signalled(sites: list[web.TCPSite], runners: list[web.AppRunner]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for site in sites:
+        await site.start()
+    log.info("listening on %s", ", ".join(site.name for site in sites))
+    await stop.wait()
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _serve(apps: list[tuple[web.Application, str, int]]) -> None:
+    runners, sites = [], []
+    for app, host, port in apps:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        sites.append(web.TCPSite(runner, host, port))
+    await _until_signalled(sites, runners)
+
+
+def run_sidecar(options: SidecarOptions) -> None:
+    """Attach to the engine's table (waiting for it) and serve until SIGTERM."""
+    if not options.token_file.is_file():
+        raise SystemExit(f"eplb-sidecar: token file {options.token_file} does not exist")
+    table = ExpertTable.attach(options.table_dir, timeout=options.wait_seconds)
+    peers = (
+        PeerGroups(options.bind, options.transfer_port, options.backend)
+        if options.transfer_port
+        else None
+    )
+    checkpoint = (
+        CheckpointReader(options.checkpoint, table.layout.weights, options.checkpoint_key)
+        if options.checkpoint
+        else None
+    )
+    executor = ShuffleExecutor(table, options.pod, peers, checkpoint)
+    metrics = SidecarMetrics(table)
+    asyncio.run(
+        _serve(
+            [
+                (
+                    control_app(executor, metrics, options.token_file),
+                    options.bind,
+                    options.control_port,
+                ),
+                (metrics_app(metrics), options.bind, options.metrics_port),
+            ]
+        )
+    )
+
+
+def run_engine(config: EngineConfig, table_dir: Path, bind: str, port: int) -> None:
+    """Publish the table, then serve batches (and the engine API) until SIGTERM."""
+    engine = ReferenceEngine(config, table_dir)
+    asyncio.run(_serve([(engine_app(engine), bind, port)]))

@@ -1,0 +1,166 @@
+"""The sidecar's HTTP servers: the authenticated control API and the open metrics port.
+
+Control port: ``/v1/*`` needs ``Authorization: Bearer <token>``, the token read from a file
+(a mounted Secret; re-read when the file changes, so rotation needs no restart).  Calls are
+serialized; the blocking work (transfers, copies) runs in a worker thread.  Metrics port:
+``/metrics`` and ``/healthz``, no token, so Prometheus and the kubelet need no secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from eplb_sidecar.api import API_PREFIX, AbortRequest, CommitRequest, PrepareRequest, Problem
+from eplb_sidecar.exporter import SidecarMetrics
+from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+class TokenFile:
+    """The bearer token in a file, re-read when its modification time changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime = -1.0
+        self._token = b""
+
+    def matches(self, presented: str) -> bool:
+        mtime = self.path.stat().st_mtime
+        if mtime != self._mtime:
+            self._token = self.path.read_bytes().strip()
+            self._mtime = mtime
+        if not self._token:
+            return False  # an empty Secret must not open the API
+        return hmac.compare_digest(presented.encode(), self._token)
+
+
+EXECUTOR_KEY = web.AppKey("executor", ShuffleExecutor)
+METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
+TOKEN_KEY = web.AppKey("token", TokenFile)
+LOCK_KEY = web.AppKey("lock", asyncio.Lock)
+
+
+def problem(status: int, reason: str, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response(
+        Problem(reason=reason, message=message).model_dump(), status=status, headers=headers
+    )
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return problem(401, "Unauthorized", "missing bearer token")
+    if not request.app[TOKEN_KEY].matches(presented.strip()):
+        return problem(401, "Unauthorized", "wrong bearer token")
+    return await handler(request)
+
+
+async def _parse(request: web.Request, model: type[RequestModel]) -> RequestModel:
+    try:
+        return model.model_validate(await request.json())
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise RefusedError(400, "InvalidRequest", f"{where}: {first['msg']}") from error
+    except ValueError as error:
+        raise RefusedError(400, "InvalidRequest", f"body is not JSON: {error}") from error
+
+
+async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web.Response:
+    """Run one state-changing call: serialized, in a thread, counted and timed."""
+    metrics = request.app[METRICS_KEY]
+    started = time.monotonic()
+    try:
+        async with request.app[LOCK_KEY]:
+            result = await asyncio.to_thread(call)
+    except RefusedError as refused:
+        metrics.shuffles.labels(phase=phase, result="failure").inc()
+        return problem(refused.status, refused.reason, refused.message)
+    metrics.shuffles.labels(phase=phase, result="success").inc()
+    metrics.duration.labels(phase=phase).observe(time.monotonic() - started)
+    if phase == "commit":
+        for layer in result.layers:
+            if layer.outcome == "committed":
+                metrics.bytes.labels(source="local").inc(layer.bytes_local)
+                metrics.bytes.labels(source="peer").inc(layer.bytes_peer)
+                metrics.bytes.labels(source="checkpoint").inc(layer.bytes_checkpoint)
+    return web.json_response(result.model_dump())
+
+
+async def info(request: web.Request) -> web.Response:
+    with_placement = request.query.get("placement", "false").lower() in ("1", "true", "yes")
+    return web.json_response(request.app[EXECUTOR_KEY].info(with_placement).model_dump())
+
+
+async def prepare(request: web.Request) -> web.Response:
+    try:
+        body = await _parse(request, PrepareRequest)
+    except RefusedError as refused:
+        return problem(refused.status, refused.reason, refused.message)
+    return await _run(request, "prepare", lambda: request.app[EXECUTOR_KEY].prepare(body))
+
+
+async def commit(request: web.Request) -> web.Response:
+    try:
+        body = await _parse(request, CommitRequest)
+    except RefusedError as refused:
+        return problem(refused.status, refused.reason, refused.message)
+    return await _run(request, "commit", lambda: request.app[EXECUTOR_KEY].commit(body))
+
+
+async def abort(request: web.Request) -> web.Response:
+    try:
+        body = await _parse(request, AbortRequest)
+    except RefusedError as refused:
+        return problem(refused.status, refused.reason, refused.message)
+    return await _run(request, "abort", lambda: request.app[EXECUTOR_KEY].abort(body))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def control_app(executor: ShuffleExecutor, metrics: SidecarMetrics, token: Path) -> web.Application:
+    app = web.Application(middlewares=[require_token], client_max_size=256 * 1024 * 1024)
+    app[EXECUTOR_KEY] = executor
+    app[METRICS_KEY] = metrics
+    app[TOKEN_KEY] = TokenFile(token)
+    app[LOCK_KEY] = asyncio.Lock()
+    app.add_routes(
+        [
+            web.get(f"{API_PREFIX}/info", info),
+            web.post(f"{API_PREFIX}/prepare", prepare),
+            web.post(f"{API_PREFIX}/commit", commit),
+            web.post(f"{API_PREFIX}/abort", abort),
+            web.get("/healthz", healthz),
+        ]
+    )
+    return app
+
+
+def metrics_app(metrics: SidecarMetrics) -> web.Application:
+    app = web.Application()
+    app[METRICS_KEY] = metrics
+    app.add_routes([web.get("/metrics", metrics_endpoint), web.get("/healthz", healthz)])
+    return app

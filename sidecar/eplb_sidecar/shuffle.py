@@ -1,0 +1,406 @@
+"""Prepare / commit / abort of new placements on one pod: the only code that writes weights.
+
+prepare validates everything first, then stages: experts this rank lacks arrive from peers
+(or the checkpoint) into staging buffers, and slots that a copy cycle would overwrite are
+saved.  Nothing the engine reads changes.  commit holds the engine at a step boundary,
+writes each changed slot exactly once (in an order that never reads an overwritten slot)
+and flips the routing table.  abort drops staging.  Idempotent by (revision, layer).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from eplb_sidecar.api import (
+    AbortRequest,
+    CommitRequest,
+    Info,
+    LayerResult,
+    PrepareRequest,
+    Result,
+    StagedInfo,
+)
+from eplb_sidecar.checkpoint import CheckpointError, CheckpointReader
+from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.contract.validation import placement_error
+from eplb_sidecar.moves import (
+    CHECKPOINT,
+    Fetch,
+    FromFetched,
+    FromSaved,
+    FromSlot,
+    Write,
+    commit_order,
+    plan_fetches,
+)
+from eplb_sidecar.transfer import PeerGroups, TransferError, agree, digest, exchange
+
+Weights = dict[str, torch.Tensor]
+
+
+class RefusedError(Exception):
+    """A call refused with an HTTP status and a CamelCase reason; nothing changed."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class StagedLayer:
+    """A prepared layer: the new ``phy2log`` ``[P]``, the writes and their staged sources."""
+
+    revision: int
+    phy2log: torch.Tensor
+    writes: list[Write]
+    fetched: dict[int, Weights] = field(default_factory=dict)
+    saved: dict[int, Weights] = field(default_factory=dict)
+    result: LayerResult | None = None
+
+
+class ShuffleExecutor:
+    """The per-pod state machine behind the control API.  Not thread-safe: callers serialize."""
+
+    def __init__(
+        self,
+        table: ExpertTable,
+        pod: str,
+        peers: PeerGroups | None = None,
+        checkpoint: CheckpointReader | None = None,
+    ) -> None:
+        self.table = table
+        self.pod = pod
+        self.peers = peers
+        self.checkpoint = checkpoint
+        self.staged: dict[int, StagedLayer] = {}
+        layout = table.layout
+        self._transfer_device = torch.device("cuda" if peers and peers.backend == "nccl" else "cpu")
+        self._specs = layout.weights
+        self.bytes_moved: dict[str, int] = {"local": 0, "peer": 0, "checkpoint": 0}
+
+    # -- info ----------------------------------------------------------------------------
+    def info(self, with_placement: bool = False) -> Info:
+        layout = self.table.layout
+        by_revision: dict[int, list[int]] = {}
+        for layer, staged in sorted(self.staged.items()):
+            by_revision.setdefault(staged.revision, []).append(layer)
+        return Info(
+            pod=self.pod,
+            group=layout.group,
+            rank=layout.rank,
+            ranks=layout.ranks,
+            layers=layout.layers,
+            experts=layout.experts,
+            slots_per_rank=layout.slots_per_rank,
+            device=layout.device,
+            expert_bytes=layout.expert_nbytes,
+            revisions=self.table.revisions.tolist(),
+            staged=[StagedInfo(revision=r, layers=ls) for r, ls in sorted(by_revision.items())],
+            placement=self.table.routing.tolist() if with_placement else None,
+            checkpoint=self.checkpoint is not None,
+        )
+
+    # -- prepare -------------------------------------------------------------------------
+    def prepare(self, request: PrepareRequest) -> Result:
+        started = time.monotonic()
+        layout = self.table.layout
+        layer_ids = sorted(request.layers)
+        self._check_layers(layer_ids)
+        rows = [request.layers[layer] for layer in layer_ids]
+        if any(len(row) != layout.num_slots for row in rows):
+            bad = next(lay for lay in layer_ids if len(request.layers[lay]) != layout.num_slots)
+            raise RefusedError(
+                400,
+                "InvalidPlacement",
+                f"layer {bad}: {len(request.layers[bad])} slots, the EP group has "
+                f"{layout.num_slots} ({layout.ranks} ranks x {layout.slots_per_rank})",
+            )
+        new = torch.tensor(rows, dtype=torch.int64)
+        error = placement_error(new, layout.num_slots, layout.experts, layer_ids)
+        if error is not None:
+            raise RefusedError(400, "InvalidPlacement", error)
+        participants = self._participants(request)
+
+        results: dict[int, LayerResult] = {}
+        fresh: dict[int, torch.Tensor] = {}
+        for layer, row in zip(layer_ids, new, strict=False):
+            outcome = self._prepare_outcome(layer, request.revision, row)
+            if outcome is None:
+                fresh[layer] = row
+            else:
+                results[layer] = outcome
+
+        staged = self._stage(request, fresh, participants) if fresh else {}
+        for layer, staged_layer in staged.items():
+            assert staged_layer.result is not None
+            results[layer] = staged_layer.result
+        self.staged.update(staged)
+        return Result(
+            revision=request.revision,
+            layers=[results[layer] for layer in layer_ids],
+            seconds=time.monotonic() - started,
+        )
+
+    def _participants(self, request: PrepareRequest) -> list[int]:
+        rank, ranks = self.table.layout.rank, self.table.layout.ranks
+        if request.transfer is None:
+            return [rank]
+        members = request.transfer.ranks
+        if members != sorted(set(members)) or members[0] < 0 or members[-1] >= ranks:
+            raise RefusedError(
+                400, "InvalidTransfer", f"transfer ranks must be ascending, unique, in [0, {ranks})"
+            )
+        if rank not in members:
+            raise RefusedError(
+                400, "InvalidTransfer", f"this pod's rank {rank} is not in transfer.ranks"
+            )
+        if self.peers is None and len(members) > 1:
+            raise RefusedError(400, "InvalidTransfer", "this sidecar runs without a transfer port")
+        return members
+
+    def _prepare_outcome(self, layer: int, revision: int, row: torch.Tensor) -> LayerResult | None:
+        """The answer for a layer that needs no work, None when it must be staged."""
+        current = int(self.table.revisions[layer])
+        staged = self.staged.get(layer)
+        if staged is not None:
+            if staged.revision == revision and torch.equal(staged.phy2log, row):
+                return LayerResult(layer=layer, outcome="already-staged")
+            raise RefusedError(
+                409,
+                "OutOfOrder",
+                f"layer {layer} has revision {staged.revision} staged with a different "
+                f"placement; commit or abort it first",
+            )
+        if revision == current and torch.equal(self.table.routing[layer], row):
+            return LayerResult(layer=layer, outcome="already-committed")
+        if revision <= current:
+            raise RefusedError(
+                409,
+                "OutOfOrder",
+                f"layer {layer} serves revision {current}; revision {revision} is not newer",
+            )
+        return None
+
+    def _stage(
+        self, request: PrepareRequest, fresh: dict[int, torch.Tensor], participants: list[int]
+    ) -> dict[int, StagedLayer]:
+        layout = self.table.layout
+        rank, S = layout.rank, layout.slots_per_rank
+        pairs = {layer: (self.table.routing[layer].clone(), row) for layer, row in fresh.items()}
+        fetches = plan_fetches(pairs, S, participants)
+        mine = [f for f in fetches if f.dst_rank == rank]
+        need_checkpoint = any(f.src_rank == CHECKPOINT for f in mine)
+        ready = self.checkpoint is not None or not need_checkpoint
+        peers_involved = any(f.src_rank not in (CHECKPOINT, f.dst_rank) for f in fetches)
+
+        session = None
+        if peers_involved:
+            assert request.transfer is not None and self.peers is not None
+            fingerprint = digest(
+                torch.tensor(sorted(fresh)),
+                self.table.revisions[sorted(fresh)],
+                torch.stack([pairs[layer][0] for layer in sorted(fresh)]),
+                torch.stack([pairs[layer][1] for layer in sorted(fresh)]),
+            )
+            try:
+                session = self.peers.group(request.transfer, rank, request.timeout_seconds)
+                views = agree(session, rank, fingerprint, ready)
+            except TransferError as error:
+                self.peers.poison(request.transfer.session)
+                raise RefusedError(503, "TransferFailed", str(error)) from error
+            differ = sorted(r for r, (fp, _) in views.items() if fp != fingerprint)
+            if differ:
+                raise RefusedError(
+                    409,
+                    "PlacementMismatch",
+                    f"ranks {differ} disagree with rank {rank} on the current placement or "
+                    f"revision of layers {sorted(fresh)}; re-sync them first",
+                )
+            unready = sorted(r for r, (_, ok) in views.items() if not ok)
+            if unready:
+                raise RefusedError(
+                    409,
+                    "NoSource",
+                    f"ranks {unready} need experts no participant holds and have no checkpoint",
+                )
+        if not ready:
+            missing = next(f for f in mine if f.src_rank == CHECKPOINT)
+            raise RefusedError(
+                409,
+                "NoSource",
+                f"layer {missing.layer}: expert {missing.expert} is held by no participating "
+                f"peer and this sidecar has no checkpoint",
+            )
+
+        staged: dict[int, StagedLayer] = {}
+        for layer, row in fresh.items():
+            writes, saves = commit_order(pairs[layer][0], row, rank, S)
+            staged[layer] = StagedLayer(
+                revision=request.revision,
+                phy2log=row,
+                writes=writes,
+                saved={slot: self._slot_copy(layer, slot) for slot in saves},
+            )
+        if session is not None:
+            try:
+                self._fetch_from_peers(session, fetches, staged)
+            except TransferError as error:
+                assert request.transfer is not None and self.peers is not None
+                self.peers.poison(request.transfer.session)
+                raise RefusedError(503, "TransferFailed", str(error)) from error
+        for fetch in mine:
+            if fetch.src_rank == CHECKPOINT:
+                assert self.checkpoint is not None
+                try:
+                    weights = self.checkpoint.read(fetch.layer, fetch.expert, layout.device)
+                except CheckpointError as error:
+                    raise RefusedError(500, "CheckpointUnreadable", str(error)) from error
+                staged[fetch.layer].fetched[fetch.expert] = weights
+
+        for layer, staged_layer in staged.items():
+            staged_layer.result = self._layer_result(layer, staged_layer, mine)
+        return staged
+
+    def _fetch_from_peers(
+        self, session: object, fetches: list[Fetch], staged: dict[int, StagedLayer]
+    ) -> None:
+        """Send what peers lack from this rank's slots; receive what this rank lacks."""
+        rank = self.table.layout.rank
+        outgoing: dict[int, list[torch.Tensor]] = {}
+        incoming: dict[int, list[torch.Tensor]] = {}
+        received: dict[int, list[Fetch]] = {}
+        device = self._transfer_device
+        for peer in sorted({f.dst_rank for f in fetches if f.src_rank == rank}):
+            sent = [f for f in fetches if f.src_rank == rank and f.dst_rank == peer]
+            outgoing[peer] = [
+                torch.stack([self.table.weights[spec.name][f.layer, f.src_slot] for f in sent])
+                .to(device)
+                .contiguous()
+                for spec in self._specs
+            ]
+        for peer in sorted({f.src_rank for f in fetches if f.dst_rank == rank} - {CHECKPOINT}):
+            got = [f for f in fetches if f.dst_rank == rank and f.src_rank == peer]
+            received[peer] = got
+            incoming[peer] = [
+                torch.empty((len(got), *spec.shape), dtype=spec.torch_dtype, device=device)
+                for spec in self._specs
+            ]
+        exchange(session, rank, outgoing, incoming)  # type: ignore[arg-type]
+        target = self.table.layout.device
+        for peer, got in received.items():
+            for index, fetch in enumerate(got):
+                staged[fetch.layer].fetched[fetch.expert] = {
+                    spec.name: buffers[index].to(target)
+                    for spec, buffers in zip(self._specs, incoming[peer], strict=False)
+                }
+
+    def _layer_result(self, layer: int, staged: StagedLayer, mine: list[Fetch]) -> LayerResult:
+        expert_bytes = self.table.layout.expert_nbytes
+        local = sum(1 for w in staged.writes if not isinstance(w.source, FromFetched))
+        from_peer = sum(1 for f in mine if f.layer == layer and f.src_rank != CHECKPOINT)
+        from_checkpoint = sum(1 for f in mine if f.layer == layer and f.src_rank == CHECKPOINT)
+        return LayerResult(
+            layer=layer,
+            outcome="staged",
+            moves=len(staged.writes),
+            bytes_local=local * expert_bytes,
+            bytes_peer=from_peer * expert_bytes,
+            bytes_checkpoint=from_checkpoint * expert_bytes,
+        )
+
+    def _slot_copy(self, layer: int, slot: int) -> Weights:
+        return {name: w[layer, slot].clone() for name, w in self.table.weights.items()}
+
+    # -- commit --------------------------------------------------------------------------
+    def commit(self, request: CommitRequest) -> Result:
+        started = time.monotonic()
+        layers = sorted(set(request.layers))
+        self._check_layers(layers)
+        results: dict[int, LayerResult] = {}
+        to_apply: list[int] = []
+        for layer in layers:
+            staged = self.staged.get(layer)
+            if staged is not None and staged.revision == request.revision:
+                to_apply.append(layer)
+            elif staged is None and int(self.table.revisions[layer]) == request.revision:
+                results[layer] = LayerResult(layer=layer, outcome="already-committed")
+            else:
+                what = f"revision {staged.revision} is staged" if staged else "nothing is staged"
+                raise RefusedError(
+                    409,
+                    "NotPrepared",
+                    f"layer {layer}: revision {request.revision} was not prepared here ({what})",
+                )
+        if to_apply:
+            try:
+                with self.table.commit_window(request.timeout_seconds):
+                    for layer in to_apply:
+                        self._apply(layer, self.staged[layer])
+                    if self.table.layout.device.startswith("cuda"):
+                        torch.cuda.synchronize()
+            except TimeoutError as error:
+                raise RefusedError(503, "EngineBusy", str(error)) from error
+        for layer in to_apply:
+            staged = self.staged.pop(layer)
+            assert staged.result is not None
+            results[layer] = staged.result.model_copy(update={"outcome": "committed"})
+            self.bytes_moved["local"] += staged.result.bytes_local
+            self.bytes_moved["peer"] += staged.result.bytes_peer
+            self.bytes_moved["checkpoint"] += staged.result.bytes_checkpoint
+        return Result(
+            revision=request.revision,
+            layers=[results[layer] for layer in layers],
+            seconds=time.monotonic() - started,
+        )
+
+    def _apply(self, layer: int, staged: StagedLayer) -> None:
+        """Write the changed slots of ``layer`` and flip its routing row (engine held)."""
+        weights = self.table.weights
+        for write in staged.writes:
+            for name, tensor in weights.items():
+                source = write.source
+                if isinstance(source, FromSlot):
+                    value = tensor[layer, source.slot]
+                elif isinstance(source, FromSaved):
+                    value = staged.saved[source.slot][name]
+                else:
+                    value = staged.fetched[source.expert][name]
+                tensor[layer, write.slot].copy_(value, non_blocking=True)
+        changed = [write.slot for write in staged.writes]
+        self.table.counter_base[layer, changed] = self.table.counters[layer, changed]
+        self.table.routing[layer] = staged.phy2log
+        self.table.revisions[layer] = staged.revision
+
+    # -- abort ---------------------------------------------------------------------------
+    def abort(self, request: AbortRequest) -> Result:
+        started = time.monotonic()
+        layers = sorted(set(request.layers)) if request.layers is not None else sorted(self.staged)
+        self._check_layers(layers)
+        newer = [
+            layer
+            for layer in layers
+            if layer in self.staged and self.staged[layer].revision > request.revision
+        ]
+        if newer:
+            raise RefusedError(
+                409,
+                "OutOfOrder",
+                f"layers {newer} have a revision newer than {request.revision} staged",
+            )
+        results = []
+        for layer in layers:
+            dropped = self.staged.pop(layer, None)
+            outcome = "aborted" if dropped is not None else "nothing-staged"
+            results.append(LayerResult(layer=layer, outcome=outcome))
+        return Result(revision=request.revision, layers=results, seconds=time.monotonic() - started)
+
+    def _check_layers(self, layers: list[int]) -> None:
+        num_layers = self.table.layout.layers
+        bad = [layer for layer in layers if not 0 <= layer < num_layers]
+        if bad:
+            raise RefusedError(400, "InvalidLayer", f"layers {bad} are outside [0, {num_layers})")

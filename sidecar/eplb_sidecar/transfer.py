@@ -1,0 +1,148 @@
+"""Peer transfers of expert weights through torch.distributed point-to-point.
+
+Each sidecar serves a rendezvous store (a ``TCPStore``) on its transfer port.  For a prepare
+with peers, the operator names a *session* and the store of the lowest participating rank;
+the participants build one process group for that session (gloo on CPU, NCCL on GPU) and
+keep it while the session lasts.  A failure poisons the session: the operator starts a new
+one, so a group with a dead member is never reused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch.distributed import PrefixStore, Store, TCPStore  # type: ignore[attr-defined]
+
+from eplb_sidecar.api import TransferGroup
+
+Backend = Literal["gloo", "nccl"]
+
+
+class TransferError(RuntimeError):
+    """A peer did not take part, or a transfer failed or timed out."""
+
+
+@dataclass
+class _Session:
+    name: str
+    group: Any
+    index_of_rank: dict[int, int]
+    client: Store = field(repr=False)
+
+
+class PeerGroups:
+    """The rendezvous store this sidecar serves and the process group of the live session."""
+
+    def __init__(self, host: str, port: int, backend: Backend = "gloo") -> None:
+        self.backend = backend
+        self.port = port
+        # The store server lives as long as the sidecar; sessions use key prefixes in it.
+        self._server = TCPStore(host, port, is_master=True, wait_for_workers=False, use_libuv=True)
+        self._session: _Session | None = None
+        self._poisoned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def group(self, transfer: TransferGroup, rank: int, timeout: float) -> _Session:
+        """The process group of ``transfer.session``, created on first use (a collective)."""
+        with self._lock:
+            if transfer.session in self._poisoned:
+                raise TransferError(
+                    f"session {transfer.session!r} failed before; start a new session"
+                )
+            if self._session is not None and self._session.name == transfer.session:
+                return self._session
+            self._session = None
+            host, port = transfer.store.rsplit(":", 1)
+            delta = datetime.timedelta(seconds=timeout)
+            try:
+                client = TCPStore(host, int(port), is_master=False, timeout=delta)
+                store = PrefixStore(f"eplb/{transfer.session}/", client)
+                index = transfer.ranks.index(rank)
+                group: Any
+                if self.backend == "nccl":
+                    options = dist.ProcessGroupNCCL.Options()
+                    options._timeout = delta
+                    group = dist.ProcessGroupNCCL(store, index, len(transfer.ranks), options)
+                else:
+                    group = dist.ProcessGroupGloo(store, index, len(transfer.ranks), delta)
+            except Exception as error:
+                self._poisoned.add(transfer.session)
+                raise TransferError(
+                    f"could not join session {transfer.session!r}: {error}"
+                ) from error
+            self._session = _Session(
+                transfer.session, group, {r: i for i, r in enumerate(transfer.ranks)}, client
+            )
+            return self._session
+
+    def poison(self, session: str) -> None:
+        with self._lock:
+            self._poisoned.add(session)
+            if self._session is not None and self._session.name == session:
+                self._session = None
+
+
+def digest(*tensors: torch.Tensor) -> int:
+    """A 63-bit fingerprint of int64 tensors (what each rank believes it is changing)."""
+    hasher = hashlib.blake2b(digest_size=8)
+    for tensor in tensors:
+        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(hasher.digest(), "little") >> 1
+
+
+def agree(
+    session: _Session, rank: int, fingerprint: int, ready: bool
+) -> dict[int, tuple[int, bool]]:
+    """All-gather (fingerprint, ready) of every participant: rank → (fingerprint, ready).
+
+    Doubles as a barrier: it returns only once every participant arrived.
+    """
+    size = len(session.index_of_rank)
+    mine = torch.tensor([fingerprint, int(ready)], dtype=torch.int64)
+    gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(size)]
+    if session.group.name() == "nccl":
+        mine, gathered = mine.cuda(), [g.cuda() for g in gathered]
+    try:
+        session.group.allgather([gathered], [mine]).wait()
+    except Exception as error:
+        raise TransferError(f"participants did not all arrive: {error}") from error
+    by_index = {i: r for r, i in session.index_of_rank.items()}
+    return {by_index[i]: (int(g[0]), bool(g[1])) for i, g in enumerate(gathered)}
+
+
+def exchange(
+    session: _Session,
+    rank: int,
+    outgoing: dict[int, list[torch.Tensor]],
+    incoming: dict[int, list[torch.Tensor]],
+) -> None:
+    """Send ``outgoing[peer]`` tensors and fill ``incoming[peer]`` buffers, pairwise.
+
+    For each peer pair the lower rank sends first and the higher receives first: both sides
+    post the same order, which NCCL needs (one stream per pair) and gloo tolerates.
+    Tensors must be on the backend's device (CPU for gloo, CUDA for NCCL).
+    """
+    works = []
+    try:
+        for peer in sorted(set(outgoing) | set(incoming)):
+            index = session.index_of_rank[peer]
+            sends = [
+                (session.group.send, [t], index, tag)
+                for tag, t in enumerate(outgoing.get(peer, []))
+            ]
+            recvs = [
+                (session.group.recv, [t], index, tag)
+                for tag, t in enumerate(incoming.get(peer, []))
+            ]
+            for post, tensors, peer_index, tag in sends + recvs if rank < peer else recvs + sends:
+                works.append(post(tensors, peer_index, tag))
+        for work in works:
+            work.wait()
+    except Exception as error:
+        raise TransferError(f"peer transfer failed: {error}") from error

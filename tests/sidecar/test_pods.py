@@ -1,0 +1,210 @@
+"""Four pods (reference engine + sidecar processes each) exchanging weights through gloo.
+
+Everything over real HTTP and real torch.distributed; the invariants of DESIGN.md §5 are
+checked on every pod's shared memory after each rollout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import torch
+
+from eplb_sidecar.api import AbortRequest, CommitRequest, PrepareRequest, TransferGroup
+from eplb_sidecar.client import SidecarClient, SidecarError
+from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.engine.checkpoint import write_checkpoint
+from eplb_sidecar.engine.config import EngineConfig, Workload
+from eplb_sidecar.launch import LocalGroup
+
+from .conftest import assert_slots_hold_their_experts, assert_unchanged, snapshot
+
+pytestmark = pytest.mark.slow
+
+CONFIG = EngineConfig(
+    ranks=4, layers=4, experts=12, slots_per_rank=4, hidden=32, intermediate=16,
+    workload=Workload(tokens_per_step=128, step_interval=0.01),
+)  # fmt: skip
+
+
+def start_group(workdir: Path) -> LocalGroup:
+    write_checkpoint(workdir / "checkpoint", CONFIG)
+    return LocalGroup(CONFIG, workdir, checkpoint=workdir / "checkpoint").start()
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGroup]:
+    pods = start_group(tmp_path_factory.mktemp("pods"))
+    yield pods
+    pods.stop()
+
+
+def tables(group: LocalGroup) -> list[ExpertTable]:
+    return [ExpertTable.attach(pod.table_dir) for pod in group.pods]
+
+
+def clients(group: LocalGroup, token: str | None = None) -> list[SidecarClient]:
+    return [SidecarClient(pod.control_url, token or group.token) for pod in group.pods]
+
+
+def new_placement(seed: int) -> dict[int, list[int]]:
+    """A valid ``[P]`` row per layer that moves most slots (most experts cross ranks)."""
+    num_slots = CONFIG.ranks * CONFIG.slots_per_rank
+    generator = torch.Generator().manual_seed(seed)
+    layers = {}
+    for layer in range(CONFIG.layers):
+        extra = torch.randint(CONFIG.experts, (num_slots - CONFIG.experts,), generator=generator)
+        row = torch.cat([torch.arange(CONFIG.experts), extra])
+        layers[layer] = row[torch.randperm(num_slots, generator=generator)].tolist()
+    return layers
+
+
+def assert_invariants(group: LocalGroup, expected_probe: torch.Tensor) -> None:
+    """DESIGN §5 on every pod: one placement, every expert replicated, exact weights,
+    identical outputs."""
+    views = tables(group)
+    for table in views[1:]:
+        assert torch.equal(table.routing, views[0].routing), "pods disagree on the placement"
+        assert torch.equal(table.revisions, views[0].revisions)
+    for layer_row in views[0].routing:
+        assert set(layer_row.tolist()) == set(range(CONFIG.experts))
+    for table in views:
+        assert_slots_hold_their_experts(table, CONFIG.seed)
+    assert torch.equal(group.probe(), expected_probe), "outputs changed"
+
+
+async def on_all(calls: list[object]) -> list[object]:
+    return list(await asyncio.gather(*calls, return_exceptions=True))  # type: ignore[arg-type]
+
+
+async def current_revision(group: LocalGroup) -> int:
+    async with SidecarClient(group.pods[0].control_url, group.token) as client:
+        return max((await client.info()).revisions)
+
+
+async def test_calls_without_the_right_token_are_refused_and_change_nothing(
+    group: LocalGroup,
+) -> None:
+    before = [snapshot(t) for t in tables(group)]
+    request = PrepareRequest(revision=99, layers={0: new_placement(1)[0]})
+    for token in ("wrong", ""):
+        async with SidecarClient(group.pods[0].control_url, token) as client:
+            with pytest.raises(SidecarError) as refused:
+                await client.prepare(request)
+            assert refused.value.status == 401
+    async with aiohttp.ClientSession() as session:
+        url = f"{group.pods[0].control_url}/v1/info"
+        async with session.get(url) as response:
+            assert response.status == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+        async with session.get(f"{group.pods[0].metrics_url}/metrics") as response:
+            assert response.status == 200  # Prometheus needs no token
+    for table, state in zip(tables(group), before, strict=True):
+        assert_unchanged(table, state)
+
+
+async def test_a_rollout_of_several_layers_moves_weights_between_pods_exactly(
+    group: LocalGroup,
+) -> None:
+    expected = group.probe()
+    revision = await current_revision(group) + 1
+    layers = new_placement(revision)
+    transfer = TransferGroup(session=f"rollout-{revision}", store=group.pods[0].store,
+                             ranks=list(range(CONFIG.ranks)))  # fmt: skip
+    before = [snapshot(t) for t in tables(group)]
+    sidecars = clients(group)
+    prepared = await on_all(
+        [c.prepare(PrepareRequest(revision=revision, layers=layers, transfer=transfer))
+         for c in sidecars]
+    )  # fmt: skip
+    assert all(not isinstance(r, BaseException) for r in prepared), prepared
+    assert sum(layer.bytes_peer for r in prepared for layer in r.layers) > 0  # type: ignore[attr-defined]
+    for table, state in zip(tables(group), before, strict=True):
+        assert_unchanged(table, state)  # staged only
+
+    committed = await on_all(
+        [c.commit(CommitRequest(revision=revision, layers=list(layers))) for c in sidecars]
+    )
+    assert all(not isinstance(r, BaseException) for r in committed), committed
+    for table in tables(group):
+        assert table.revisions.tolist() == [revision] * CONFIG.layers
+        assert table.routing.tolist() == [layers[layer] for layer in range(CONFIG.layers)]
+    assert_invariants(group, expected)
+
+    metrics = urllib.request.urlopen(f"{group.pods[1].metrics_url}/metrics").read().decode()
+    assert f'eplb_layer_revision{{layer="2"}} {float(revision)}' in metrics
+    assert 'eplb_shuffles_total{phase="commit",result="success"}' in metrics
+    assert 'eplb_shuffle_bytes_total{source="peer"}' in metrics
+    for client in sidecars:
+        await client.close()
+
+
+async def test_abort_in_the_middle_leaves_every_pod_as_it_was(group: LocalGroup) -> None:
+    expected = group.probe()
+    revision = await current_revision(group) + 1
+    layers = new_placement(100 + revision)
+    transfer = TransferGroup(session=f"abort-{revision}", store=group.pods[0].store,
+                             ranks=list(range(CONFIG.ranks)))  # fmt: skip
+    before = [snapshot(t) for t in tables(group)]
+    sidecars = clients(group)
+    await on_all([c.prepare(PrepareRequest(revision=revision, layers=layers, transfer=transfer))
+                  for c in sidecars])  # fmt: skip
+    # The barrier failed (say, one pod timed out): the operator aborts on every pod.
+    aborted = await on_all([c.abort(AbortRequest(revision=revision)) for c in sidecars])
+    assert all({layer.outcome for layer in r.layers} == {"aborted"} for r in aborted)  # type: ignore[attr-defined]
+    for table, state in zip(tables(group), before, strict=True):
+        assert_unchanged(table, state)
+    infos = await on_all([c.info() for c in sidecars])
+    assert all(info.staged == [] for info in infos)  # type: ignore[attr-defined]
+    with pytest.raises(SidecarError) as refused:
+        await sidecars[0].commit(CommitRequest(revision=revision, layers=[0]))
+    assert (refused.value.status, refused.value.problem.reason) == (409, "NotPrepared")
+    assert_invariants(group, expected)
+    for client in sidecars:
+        await client.close()
+
+
+async def test_a_dead_peer_fails_prepare_then_the_checkpoint_recovers_and_resyncs(
+    tmp_path: Path,
+) -> None:
+    group = start_group(tmp_path)
+    try:
+        expected = group.probe()
+        group.kill(group.pods[3], "sidecar")
+        alive = clients(group)[:3]
+        layers = new_placement(7)
+        before = [snapshot(t) for t in tables(group)]
+        everyone = TransferGroup(session="with-dead", store=group.pods[0].store, ranks=[0, 1, 2, 3])
+        failed = await on_all([c.prepare(PrepareRequest(revision=1, layers=layers,
+                                                        transfer=everyone, timeout_seconds=3))
+                               for c in alive])  # fmt: skip
+        assert all(isinstance(r, SidecarError) and r.status == 503 for r in failed), failed
+        assert all(r.problem.reason == "TransferFailed" for r in failed)  # type: ignore[union-attr]
+        for table, state in zip(tables(group), before, strict=True):
+            assert_unchanged(table, state)
+
+        # Without rank 3: experts only it held come from the checkpoint.
+        survivors = TransferGroup(session="without-3", store=group.pods[0].store, ranks=[0, 1, 2])
+        prepared = await on_all([c.prepare(PrepareRequest(revision=1, layers=layers,
+                                                          transfer=survivors))
+                                 for c in alive])  # fmt: skip
+        assert all(not isinstance(r, BaseException) for r in prepared), prepared
+        await on_all([c.commit(CommitRequest(revision=1, layers=list(layers))) for c in alive])
+
+        # Rank 3 comes back behind: re-synced alone, from the checkpoint.
+        group.start_sidecar(group.pods[3])
+        group.wait_ready()
+        async with SidecarClient(group.pods[3].control_url, group.token) as back:
+            assert (await back.info()).revisions == [0] * CONFIG.layers
+            await back.prepare(PrepareRequest(revision=1, layers=layers))
+            result = await back.commit(CommitRequest(revision=1, layers=list(layers)))
+            assert sum(layer.bytes_checkpoint for layer in result.layers) > 0
+        assert_invariants(group, expected)
+        for client in alive:
+            await client.close()
+    finally:
+        group.stop()
