@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -24,7 +23,9 @@ import torch
 from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import report
 from benchmarks.peers import VLLM_VERSION, vllm_policy
+from benchmarks.report import table
 from eplb_operator.formats.stats import read_stats
 from eplb_operator.placement import PlanOptions, Topology, plan, rebalance, views
 from eplb_operator.workloads import drift, drifting_windows, zipf_load
@@ -220,25 +221,12 @@ def speed_rows(policy: type, repeats: int) -> list[list[str]]:
     return rows
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def machine() -> str:
-    cpu = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     import numba
 
     return (
-        f"{platform.machine()} {cpu}, {torch.get_num_threads()} torch threads; Python "
-        f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"numba {numba.__version__}; peer: vLLM {VLLM_VERSION} DefaultEplbPolicy"
+        f"{report.machine()}, numpy {np.__version__}, numba {numba.__version__}; "
+        f"peer: vLLM {VLLM_VERSION} DefaultEplbPolicy"
     )
 
 

@@ -61,6 +61,9 @@ class StagedLayer:
     fetched: dict[int, Weights] = field(default_factory=dict)
     saved: dict[int, Weights] = field(default_factory=dict)
     result: LayerResult | None = None
+    # (destination, source) views in commit order, built at prepare: indexing a tensor costs
+    # microseconds of Python, which would otherwise stall the engine during the commit.
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 class ShuffleExecutor:
@@ -82,6 +85,7 @@ class ShuffleExecutor:
         self._transfer_device = torch.device("cuda" if peers and peers.backend == "nccl" else "cpu")
         self._specs = layout.weights
         self.bytes_moved: dict[str, int] = {"local": 0, "peer": 0, "checkpoint": 0}
+        self.last_stall_seconds = 0.0  # the engine was held this long by the last commit
 
     # -- info ----------------------------------------------------------------------------
     def info(self, with_placement: bool = False) -> Info:
@@ -264,6 +268,7 @@ class ShuffleExecutor:
 
         for layer, staged_layer in staged.items():
             staged_layer.result = self._layer_result(layer, staged_layer, mine)
+            staged_layer.copies = self._copy_views(layer, staged_layer)
         return staged
 
     def _fetch_from_peers(
@@ -339,10 +344,12 @@ class ShuffleExecutor:
         if to_apply:
             try:
                 with self.table.commit_window(request.timeout_seconds):
+                    held = time.perf_counter()
                     for layer in to_apply:
                         self._apply(layer, self.staged[layer])
                     if self.table.layout.device.startswith("cuda"):
                         torch.cuda.synchronize()
+                    self.last_stall_seconds = time.perf_counter() - held
             except TimeoutError as error:
                 raise RefusedError(503, "EngineBusy", str(error)) from error
         for layer in to_apply:
@@ -358,11 +365,13 @@ class ShuffleExecutor:
             seconds=time.monotonic() - started,
         )
 
-    def _apply(self, layer: int, staged: StagedLayer) -> None:
-        """Write the changed slots of ``layer`` and flip its routing row (engine held)."""
-        weights = self.table.weights
+    def _copy_views(
+        self, layer: int, staged: StagedLayer
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The commit's copies as (slot view, source view), in ``staged.writes`` order."""
+        copies = []
         for write in staged.writes:
-            for name, tensor in weights.items():
+            for name, tensor in self.table.weights.items():
                 source = write.source
                 if isinstance(source, FromSlot):
                     value = tensor[layer, source.slot]
@@ -370,7 +379,13 @@ class ShuffleExecutor:
                     value = staged.saved[source.slot][name]
                 else:
                     value = staged.fetched[source.expert][name]
-                tensor[layer, write.slot].copy_(value, non_blocking=True)
+                copies.append((tensor[layer, write.slot], value))
+        return copies
+
+    def _apply(self, layer: int, staged: StagedLayer) -> None:
+        """Write the changed slots of ``layer`` and flip its routing row (engine held)."""
+        for target, source in staged.copies:
+            target.copy_(source, non_blocking=True)
         changed = [write.slot for write in staged.writes]
         self.table.counter_base[layer, changed] = self.table.counters[layer, changed]
         self.table.routing[layer] = staged.phy2log

@@ -56,6 +56,6 @@ def choose_slots(
         experts: ``[T, k]`` logical experts.
         token_ids: ``[T]`` int64, a stable id per token (spreads an expert's tokens evenly).
     """
-    choice = torch.arange(experts.shape[1])
+    choice = torch.arange(experts.shape[1], device=experts.device)
     replica = (token_ids.unsqueeze(1) + choice) % counts[experts]
     return log2phy[experts, replica]
