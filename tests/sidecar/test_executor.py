@@ -268,3 +268,27 @@ def test_metrics_follow_the_slots_and_restart_at_zero_when_a_slot_changes(
         assert ("0", str(slot), expert) in after
         if int(new[0, slot]) != int(identity_placement(config)[0, slot]):
             assert after[("0", str(slot), expert)] == 0.0
+
+
+def test_balancedness_is_mean_over_max_of_the_group_load_in_the_window(
+    pods: list[tuple[ReferenceEngine, ShuffleExecutor]], config: EngineConfig
+) -> None:
+    engine, _ = pods[0]
+    metrics = SidecarMetrics(engine.table)
+
+    def gauge() -> dict[str, float]:
+        families = text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        return {
+            s.labels["layer"]: s.value
+            for f in families if f.name == "eplb_layer_balancedness" for s in f.samples
+        }  # fmt: skip
+
+    engine.step()
+    assert gauge() == {}  # one look at the counters is no window yet
+    start = engine.table.group_load.clone()
+    for _ in range(3):
+        engine.step()
+    load = (engine.table.group_load - start).double()
+    want = (load.mean(dim=1) / load.max(dim=1).values).tolist()
+    got = gauge()
+    assert [got[str(layer)] for layer in range(config.layers)] == pytest.approx(want)
