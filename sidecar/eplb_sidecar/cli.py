@@ -99,6 +99,9 @@ def engine_command(
     skew: Annotated[float, typer.Option(help="Zipf exponent of expert popularity.")] = 1.2,
     tokens_per_step: Annotated[int, typer.Option(help="Tokens per step.")] = 256,
     step_interval: Annotated[float, typer.Option(help="Seconds between steps.")] = 0.02,
+    tokens_per_second: Annotated[
+        int | None, typer.Option(help="Serve this token rate instead of fixed steps.")
+    ] = None,
     bind: Annotated[str, typer.Option(help="Engine API address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Engine API port (workload, probe).")] = 8000,
     write_checkpoint: Annotated[
@@ -121,7 +124,12 @@ def engine_command(
         dtype=dtype,
         device=device,
         seed=seed,
-        workload=Workload(skew=skew, tokens_per_step=tokens_per_step, step_interval=step_interval),
+        workload=Workload(
+            skew=skew,
+            tokens_per_step=tokens_per_step,
+            step_interval=step_interval,
+            tokens_per_second=tokens_per_second,
+        ),
     )
     if write_checkpoint is not None:
         from eplb_sidecar.engine.checkpoint import write_checkpoint as write

@@ -135,6 +135,8 @@ class LocalGroup:
             "--skew", str(workload.skew), "--tokens-per-step", str(workload.tokens_per_step),
             "--step-interval", str(workload.step_interval), "--port", str(pod.engine_port),
         ]  # fmt: skip
+        if workload.tokens_per_second is not None:
+            args += ["--tokens-per-second", str(workload.tokens_per_second)]
         pod.engine = self._spawn(pod, "engine", args)
 
     def start_sidecar(self, pod: LocalPod) -> None:

@@ -67,6 +67,12 @@ PLACEMENT_BALANCEDNESS = Metric(
     ("namespace", "placement", "source"),
     "Mean over layers of mean/max rank load; source is observed (Prometheus) or predicted.",
 )
+PLACEMENT_LAYER_BALANCEDNESS = Metric(
+    "eplb_placement_layer_balancedness",
+    "gauge",
+    ("namespace", "placement", "layer", "source"),
+    "Mean over max rank load of one layer; source is observed (Prometheus) or predicted.",
+)
 PLACEMENT_MOVES = Metric(
     "eplb_placement_moves_total",
     "counter",
@@ -118,6 +124,7 @@ ALL: tuple[Metric, ...] = (
     SHUFFLE_DURATION,
     SHUFFLE_BYTES,
     PLACEMENT_BALANCEDNESS,
+    PLACEMENT_LAYER_BALANCEDNESS,
     PLACEMENT_MOVES,
     ROLLOUTS,
     ROLLOUT_IN_PROGRESS,

@@ -84,7 +84,25 @@ class PodsSpec(ApiModel):
         default="eplb.io/rank", description="Label holding a pod's EP rank within its group."
     )
     control_port: int = Field(
-        default=8470, ge=1, le=65535, description="Port of the sidecar's control API."
+        default=8470,
+        ge=1,
+        le=65535,
+        description="Port of the sidecar's control API (a pod annotation "
+        "eplb.io/control-port overrides it).",
+    )
+    metrics_port: int = Field(
+        default=9470,
+        ge=1,
+        le=65535,
+        description="Port of the sidecar's /metrics, scraped directly when no Prometheus is "
+        "set (annotation eplb.io/metrics-port overrides it).",
+    )
+    transfer_port: int = Field(
+        default=29470,
+        ge=1,
+        le=65535,
+        description="Port of the sidecar's rendezvous store for peer weight transfers "
+        "(annotation eplb.io/transfer-port overrides it).",
     )
     token_secret: str | None = Field(
         default=None,
@@ -203,7 +221,13 @@ class MetricsSpec(ApiModel):
         description="Prometheus to read load from; unset: scrape the sidecars directly.",
     )
     load_query: str | None = Field(
-        default=None, description="PromQL override for the per-expert load window."
+        default=None,
+        description="PromQL override for the load window. It must return one series per "
+        "(pod, layer, expert); {namespace}, {pods} (a regex of pod names) and {window} (e.g. "
+        "600s) are filled in.",
+    )
+    timeout_seconds: int = Field(
+        default=10, ge=1, le=300, description="Timeout of one Prometheus query or scrape."
     )
 
 
@@ -273,6 +297,12 @@ class ExpertPlacementSpec(ApiModel):
         json_schema_extra={"default": {}},
     )
     rebalance: RebalanceTrigger | None = Field(default=None, description="Manual trigger.")
+    pinned_revision: int | None = Field(
+        default=None,
+        ge=1,
+        description="Serve this stored revision and hold it (a rollback); unset to resume "
+        "offline and online updates.",
+    )
 
     def placement_topology(self) -> Topology:
         """The policy's view of this spec: experts, ranks, slots per rank, nodes, groups."""

@@ -1,25 +1,26 @@
 """kopf handlers for ExpertPlacement (``kopf run -m eplb_operator.controller.handlers``).
 
-This slice checks each placement against its live pods and reports the result in the
-``Degraded`` condition: a spec that passed the API server but does not match the pods
-(fewer pods than ranks, duplicate or out-of-range ranks, unlabelled pods) is surfaced with
-a reason and a message, never a crash or a silent no-op.  Rollouts join in later.
+One daemon per ExpertPlacement runs :class:`Reconciler` passes: after each pass it sleeps
+until the pass's next due time, or until a spec change wakes it.  One task per object
+means a placement is never reconciled twice at once.  Run one operator replica (kopf has
+no leader election): the chart uses a single-replica Deployment with the Recreate
+strategy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from typing import Any
 
 import kopf
-import pydantic
 
-from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, ExpertPlacementSpec
-from eplb_operator.controller.conditions import ConditionStatus, condition, set_condition
-from eplb_operator.controller.kube import list_pods
-from eplb_operator.controller.pods import check_pods
+from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from eplb_operator.controller.metrics import METRICS
+from eplb_operator.controller.reconcile import RECHECK_SECONDS, PlacementMemo, Reconciler
 
-RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
+METRICS_PORT = int(os.environ.get("EPLB_METRICS_PORT", "8080"))
 
 
 @kopf.on.login()
@@ -34,45 +35,48 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="eplb.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="eplb.io")
     settings.persistence.finalizer = "eplb.io/operator"
-    settings.posting.level = 20  # INFO and above become Events
+    settings.posting.level = 30  # warnings and errors from the log become Events too
+    if METRICS_PORT:
+        METRICS.serve(METRICS_PORT)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
+def _memo(memo: kopf.Memo) -> PlacementMemo:
+    if "placement" not in memo:
+        memo["placement"] = PlacementMemo()
+    state: PlacementMemo = memo["placement"]
+    return state
+
+
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECHECK_SECONDS, initial_delay=RECHECK_SECONDS)
-async def check_against_pods(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    namespace: str | None,
-    patch: kopf.Patch,
+def wake_on_spec_change(memo: kopf.Memo, **_: Any) -> None:
+    """A spec change (a new ConfigMap ref, rebalance id, pause) is acted on at once."""
+    _memo(memo).wake.set()
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]
+async def reconcile_loop(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    """Set ``Degraded`` from the pods the placement selects."""
-    generation = int(meta.get("generation") or 0)
-    conditions = list(status.get("conditions") or [])
-    try:
-        model = ExpertPlacementSpec.model_validate(dict(spec))
-    except pydantic.ValidationError as error:
-        reason, message = "InvalidSpec", "; ".join(e["msg"] for e in error.errors())
-    else:
-        pods = await list_pods(namespace or "default", model.selector.to_query())
-        check = check_pods(pods, model)
-        if check.consistent:
-            reason, message = (
-                "PodsMatchSpec",
-                (f"{len(check.groups)} group(s) of {model.topology.ranks} ranks"),
-            )
-        else:
-            reason, message = "PodsInconsistent", "; ".join(check.problems)
-    degraded: ConditionStatus = "False" if reason == "PodsMatchSpec" else "True"
-    before = condition(conditions, "Degraded")
-    updated = set_condition(conditions, "Degraded", degraded, reason, message, generation)
-    if before is None or (before.get("status"), before.get("message")) != (degraded, message):
-        (logger.warning if degraded == "True" else logger.info)(f"{reason}: {message}")
-    patch.status["conditions"] = updated
-    patch.status["observedGeneration"] = generation
-    if degraded == "True":
-        patch.status["phase"] = "Degraded"
+    state = _memo(memo)
+
+    def emit(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message)
+        (logger.warning if kind == "Warning" else logger.info)(f"{reason}: {message}")
+
+    reconciler = Reconciler(namespace, name, state, emit)
+    while not stopped:
+        try:
+            delay = await reconciler.run()
+        except Exception as error:  # one bad pass must not end the daemon
+            logger.exception(f"reconcile failed: {error}")
+            METRICS.errors.labels(namespace=namespace, placement=name, reason="Internal").inc()
+            delay = RECHECK_SECONDS
+        state.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), timeout=delay)

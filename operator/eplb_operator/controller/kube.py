@@ -1,12 +1,26 @@
-"""The few Kubernetes reads the operator makes, through kubernetes_asyncio."""
+"""The Kubernetes reads and writes the operator makes, through kubernetes_asyncio.
+
+Every verb on every resource the operator touches is here (kopf's own watching, finalizers,
+annotations and Events aside), so its RBAC can be read off one file.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+__all__ = ["ApiException"]
 from kubernetes_asyncio.config.config_exception import ConfigException
+
+from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+MERGE_PATCH = "application/merge-patch+json"
+REVISION_LABEL = "eplb.io/placement"
 
 
 async def api_client() -> client.ApiClient:
@@ -21,9 +35,120 @@ async def api_client() -> client.ApiClient:
     return client.ApiClient(configuration=configuration)
 
 
+def _plain(api: client.ApiClient, obj: Any) -> dict[str, Any]:
+    return dict(api.sanitize_for_serialization(obj))
+
+
 async def list_pods(namespace: str, label_selector: str) -> list[dict[str, Any]]:
     """Pods of ``namespace`` matching ``label_selector``, as plain dicts."""
     async with await api_client() as api:
-        core = client.CoreV1Api(api)
-        pods = await core.list_namespaced_pod(namespace, label_selector=label_selector)
-        return [api.sanitize_for_serialization(pod) for pod in pods.items]
+        pods = await client.CoreV1Api(api).list_namespaced_pod(
+            namespace, label_selector=label_selector
+        )
+        return [_plain(api, pod) for pod in pods.items]
+
+
+async def get_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    async with await api_client() as api:
+        try:
+            return _plain(api, await client.CoreV1Api(api).read_namespaced_pod(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+
+async def read_secret_key(namespace: str, name: str, key: str) -> str:
+    async with await api_client() as api:
+        secret = await client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+        data = secret.data or {}
+        if key not in data:
+            raise KeyError(f"secret {name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode().strip()
+
+
+async def read_config_map_key(namespace: str, name: str, key: str) -> str:
+    async with await api_client() as api:
+        config_map = await client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+        data = config_map.data or {}
+        if key not in data:
+            raise KeyError(f"ConfigMap {name} has no key {key!r}")
+        return str(data[key])
+
+
+async def get_placement(namespace: str, name: str) -> dict[str, Any] | None:
+    async with await api_client() as api:
+        try:
+            obj = await client.CustomObjectsApi(api).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(obj)
+
+
+async def update_placement_status(
+    namespace: str,
+    name: str,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    attempts: int = 5,
+) -> dict[str, Any] | None:
+    """Merge ``change(current object)`` into the status, guarded by resourceVersion.
+
+    A 409 (someone wrote in between) re-reads the object and recomputes the change, so
+    conditions are always derived from the latest status.  None when the object is gone.
+    """
+    for attempt in range(attempts):
+        current = await get_placement(namespace, name)
+        if current is None:
+            return None
+        body = {
+            "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+            "status": change(current),
+        }
+        async with await api_client() as api:
+            try:
+                return dict(
+                    await client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        name,
+                        body,
+                        _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+                    )
+                )
+            except ApiException as error:
+                if error.status != 409 or attempt == attempts - 1:
+                    raise
+    return None
+
+
+async def list_revisions(namespace: str, placement: str) -> list[dict[str, Any]]:
+    """ControllerRevisions of ``placement``, oldest first."""
+    async with await api_client() as api:
+        found = await client.AppsV1Api(api).list_namespaced_controller_revision(
+            namespace, label_selector=f"{REVISION_LABEL}={placement}"
+        )
+        items = [_plain(api, item) for item in found.items]
+    return sorted(items, key=lambda r: int(r.get("revision", 0)))
+
+
+async def create_revision(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with await api_client() as api:
+        apps = client.AppsV1Api(api)
+        # The client serializes a plain dict as it is; no need to build the model object.
+        created = await apps.create_namespaced_controller_revision(namespace, body)  # type: ignore[arg-type]
+        return _plain(api, created)
+
+
+async def delete_revision(namespace: str, name: str) -> None:
+    async with await api_client() as api:
+        try:
+            await client.AppsV1Api(api).delete_namespaced_controller_revision(name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise

@@ -133,16 +133,21 @@ def read_placement(path: Path) -> PlacementDocument:
         text = path.read_text()
     except OSError as error:
         raise InvalidInputError(f"{path}: cannot read ({error.strerror})") from None
+    return parse_placement(text, str(path))
+
+
+def parse_placement(text: str, origin: str) -> PlacementDocument:
+    """Parse any format ``render`` writes (``origin`` names the source in errors)."""
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:
-        raise InvalidInputError(f"{path}: neither JSON nor YAML ({error})") from None
+        raise InvalidInputError(f"{origin}: neither JSON nor YAML ({error})") from None
     try:
         doc = _from_documents(documents)
     except InvalidInputError as error:
-        raise InvalidInputError(f"{path}: {error}") from None
+        raise InvalidInputError(f"{origin}: {error}") from None
     if doc.phy2log.dim() != 2 or doc.phy2log.shape[0] == 0 or doc.phy2log.shape[1] == 0:
-        raise InvalidInputError(f"{path}: placement must be a non-empty [layers][slots] array")
+        raise InvalidInputError(f"{origin}: placement must be a non-empty [layers][slots] array")
     return doc
 
 

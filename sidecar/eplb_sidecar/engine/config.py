@@ -19,6 +19,13 @@ class Workload(BaseModel):
     step_interval: float = Field(
         default=0.02, ge=0.0, le=60.0, description="Seconds between steps."
     )
+    tokens_per_second: int | None = Field(
+        default=None,
+        ge=1,
+        description="Serve this many tokens per second of wall time (each step serves what "
+        "accrued since the last, at most 8 steps' worth) instead of a fixed number per step, "
+        "so that ranks sharing a busy machine still see the same token rate.",
+    )
 
 
 class EngineConfig(BaseModel):

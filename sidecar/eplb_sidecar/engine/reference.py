@@ -10,6 +10,7 @@ and re-reads the routing table when a commit landed.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -80,10 +81,11 @@ class ReferenceEngine:
         self._routes: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- serving -------------------------------------------------------------------------
-    def step(self) -> None:
-        """Serve one batch of ``workload.tokens_per_step`` tokens through every layer."""
+    def step(self, tokens: int | None = None) -> None:
+        """Serve one batch of ``tokens`` (default ``workload.tokens_per_step``) tokens
+        through every layer."""
         config, workload = self.config, self.workload
-        T, S, R = workload.tokens_per_step, config.slots_per_rank, config.ranks
+        T, S, R = tokens or workload.tokens_per_step, config.slots_per_rank, config.ranks
         generator = torch.Generator().manual_seed(
             (config.seed * 65_537 + config.rank) * 1_000_003 + self.steps
         )
@@ -115,8 +117,19 @@ class ReferenceEngine:
 
     def serve(self, stop: threading.Event) -> None:
         """Serve steps until ``stop`` is set (the engine's main loop)."""
+        last = time.monotonic()
+        owed = 0.0
         while not stop.is_set():
-            self.step()
+            rate = self.workload.tokens_per_second
+            if rate is None:
+                self.step()
+            else:
+                now = time.monotonic()
+                owed = min(owed + rate * (now - last), 8.0 * self.workload.tokens_per_step)
+                last = now
+                if owed >= 1:
+                    self.step(int(owed))
+                    owed -= int(owed)
             if self.workload.step_interval:
                 stop.wait(self.workload.step_interval)
 

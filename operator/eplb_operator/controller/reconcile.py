@@ -1,0 +1,510 @@
+"""One reconcile pass of an ExpertPlacement: observe, decide, roll out, report.
+
+Level-triggered: every pass starts from what the API and the pods say now.
+1. Pods: the selector's pods must form whole EP groups (else ``Degraded/PodsInconsistent``)
+   with an address and a sidecar that answers (else ``PodsNotReady``) and serves the
+   spec's shape (else ``InvalidSpec``).
+2. Decide the target revision, first match wins: a rollout in progress
+   (``status.targetRevision``; never re-planned), ``spec.pinnedRevision`` (rollback), a new
+   offline mapping in the referenced ConfigMap, an online rebalance that is due (interval
+   or a new ``spec.rebalance.id``) and changes some layer, or the current revision when a
+   pod serves something else (it restarted).
+3. Roll it out batch by batch (:mod:`.rollout`), recording progress in the status.
+Conditions (Ready, Progressing, Degraded), Events and metrics say how it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+import torch
+
+from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
+from eplb_operator.controller import kube
+from eplb_operator.controller.conditions import ConditionStatus, now_rfc3339, set_condition
+from eplb_operator.controller.endpoints import PodEndpoint, endpoints
+from eplb_operator.controller.loads import (
+    LoadWindow,
+    MetricsUnavailableError,
+    PrometheusSource,
+    ScrapeSource,
+)
+from eplb_operator.controller.metrics import METRICS
+from eplb_operator.controller.pods import check_pods
+from eplb_operator.controller.revisions import (
+    Revision,
+    digest,
+    parse_revision,
+    revision_body,
+    revision_name,
+    to_prune,
+)
+from eplb_operator.controller.rollout import (
+    BatchReport,
+    Groups,
+    Rollout,
+    RolloutAbortedError,
+    RolloutOptions,
+    RolloutReport,
+    pod_states,
+)
+from eplb_operator.errors import InvalidInputError
+from eplb_operator.formats.mappings import parse_placement
+from eplb_operator.placement import PlanOptions, plan
+from eplb_sidecar.client import SidecarClient, SidecarError
+from eplb_sidecar.contract.validation import placement_error
+
+RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
+TOKEN_FILE = os.environ.get("EPLB_SIDECAR_TOKEN_FILE", "")
+
+Emit = Callable[[str, str, str], None]  # (Normal|Warning, reason, message) → an Event
+Conditions = dict[str, tuple[ConditionStatus, str, str]]
+
+
+@dataclass
+class PlacementMemo:
+    """What the operator remembers of one placement between passes (lost on restart)."""
+
+    scrape: ScrapeSource | None = None
+    next_online: float = 0.0
+    retry_after: float = 0.0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Reconciler:
+    def __init__(self, namespace: str, name: str, memo: PlacementMemo, emit: Emit) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.memo = memo
+        self.emit = emit
+        self.labels = {"namespace": namespace, "placement": name}
+        self._generation = 0
+        self._pause_requested = False
+
+    # -- the pass --------------------------------------------------------------------------
+    async def run(self) -> float:
+        """One pass; returns the seconds until the next."""
+        obj = await kube.get_placement(self.namespace, self.name)
+        if obj is None:
+            return RECHECK_SECONDS
+        self._generation = int(obj["metadata"].get("generation") or 0)
+        status = obj.get("status") or {}
+        try:
+            spec = ExpertPlacementSpec.model_validate(obj["spec"])
+        except pydantic.ValidationError as error:
+            return await self._degraded("InvalidSpec", "; ".join(e["msg"] for e in error.errors()))
+        if spec.rollout.paused:
+            await self._write(
+                {"Progressing": ("False", "Paused", "spec.rollout.paused is set")}, phase="Paused"
+            )
+            return RECHECK_SECONDS
+
+        pods = await kube.list_pods(self.namespace, spec.selector.to_query())
+        check = check_pods(pods, spec)
+        if not check.consistent:
+            return await self._degraded("PodsInconsistent", "; ".join(check.problems))
+        groups, not_ready = endpoints(pods, check.groups, spec)
+        if not_ready:
+            return await self._degraded("PodsNotReady", f"pods {not_ready} have no IP yet")
+        try:
+            token = await self._token(spec)
+        except (KeyError, OSError, kube.ApiException) as error:
+            return await self._degraded("InvalidSpec", f"sidecar token: {error}")
+        clients = {
+            pod.name: SidecarClient(pod.control_url, token)
+            for members in groups.values()
+            for pod in members.values()
+        }
+        try:
+            return await self._with_pods(obj, spec, status, groups, clients)
+        finally:
+            await asyncio.gather(*(client.close() for client in clients.values()))
+
+    async def _with_pods(
+        self,
+        obj: dict[str, Any],
+        spec: ExpertPlacementSpec,
+        status: dict[str, Any],
+        groups: Groups,
+        clients: dict[str, SidecarClient],
+    ) -> float:
+        try:
+            states = await pod_states(groups, clients)
+        except SidecarError as error:
+            return await self._degraded("PodsNotReady", str(error))
+        topology = spec.placement_topology()
+        for pod_name, info in states.items():
+            shape = (info.layers, info.experts, info.ranks, info.slots_per_rank)
+            wanted = (spec.model.layers, topology.num_experts, topology.num_ranks,
+                      topology.slots_per_rank)  # fmt: skip
+            if shape != wanted:
+                return await self._degraded(
+                    "InvalidSpec",
+                    f"pod {pod_name} serves (layers, experts, ranks, slots per rank) {shape}; "
+                    f"the spec says {wanted}",
+                )
+        served = _most_common_rows(
+            [torch.tensor(info.placement) for info in states.values() if info.placement]
+        )
+        revisions = [
+            parse_revision(r) for r in await kube.list_revisions(self.namespace, self.name)
+        ]
+        by_name = {r.name: r for r in revisions}
+        current = by_name.get(status.get("currentRevision") or "")
+
+        target: Revision | None = by_name.get(status.get("targetRevision") or "")
+        cause = "continue"
+        if target is None and spec.pinned_revision is not None:
+            target = by_name.get(revision_name(self.name, spec.pinned_revision))
+            cause = "rollback"
+            if target is None:
+                kept = sorted(r.number for r in revisions)
+                return await self._degraded(
+                    "InvalidSpec",
+                    f"pinnedRevision {spec.pinned_revision} is not stored (kept: {kept})",
+                )
+        if target is None and spec.offline is not None:
+            try:
+                target = await self._offline(obj, spec, revisions, current)
+            except (InvalidInputError, KeyError, kube.ApiException) as error:
+                return await self._degraded("InvalidSpec", f"offline mapping: {error}")
+            cause = "offline"
+        if target is None and spec.online is not None and spec.pinned_revision is None:
+            try:
+                target = await self._online(obj, spec, status, groups, served, current, revisions)
+            except MetricsUnavailableError as error:
+                METRICS.errors.labels(**self.labels, reason="MetricsUnavailable").inc()
+                return await self._degraded("MetricsUnavailable", str(error), keep_ready=True)
+            cause = "online"
+        if target is None and current is not None:
+            target, cause = current, "resync"
+        if target is None:
+            await self._write(
+                {"Ready": ("True", "AsExpected", "pods serve their start-up placement"),
+                 "Progressing": ("False", "Idle", "nothing to roll out"),
+                 "Degraded": ("False", "AsExpected", "")},
+                phase="Ready",
+            )  # fmt: skip
+            return self._next_delay(spec)
+        if time.monotonic() < self.memo.retry_after and cause != "online":
+            return max(0.5, self.memo.retry_after - time.monotonic())
+        return await self._roll_out(obj, spec, groups, clients, target, cause)
+
+    # -- deciding --------------------------------------------------------------------------
+    async def _offline(
+        self,
+        obj: dict[str, Any],
+        spec: ExpertPlacementSpec,
+        revisions: list[Revision],
+        current: Revision | None,
+    ) -> Revision | None:
+        """The ConfigMap's mapping as a revision: a new one when the mapping changed, the
+        stored one again while it is not in service yet (an aborted rollout is retried)."""
+        assert spec.offline is not None
+        ref = spec.offline.config_map_ref
+        text = await kube.read_config_map_key(self.namespace, ref.name, ref.key)
+        text_digest = digest(text)
+        offline = [r for r in revisions if r.source == "offline"]
+        if offline and offline[-1].config_map_digest == text_digest:
+            taken = offline[-1]
+            in_service = current is not None and current.number >= taken.number
+            return None if in_service else taken
+        doc = parse_placement(text, f"ConfigMap {ref.name} key {ref.key}")
+        topology = spec.placement_topology()
+        if doc.layer_ids != list(range(spec.model.layers)):
+            raise InvalidInputError(
+                f"the mapping covers layers {doc.layer_ids[:8]}…; the spec has {spec.model.layers}"
+            )
+        error = placement_error(doc.phy2log, topology.num_slots, topology.num_experts)
+        if error is not None:
+            raise InvalidInputError(error)
+        return await self._create_revision(
+            obj, revisions, doc.phy2log, None, "offline", None, 0, text_digest
+        )
+
+    async def _online(
+        self,
+        obj: dict[str, Any],
+        spec: ExpertPlacementSpec,
+        status: dict[str, Any],
+        groups: Groups,
+        served: torch.Tensor,
+        current: Revision | None,
+        revisions: list[Revision],
+    ) -> Revision | None:
+        """A new revision when a rebalance is due and changes some layer."""
+        assert spec.online is not None
+        online = spec.online
+        trigger = spec.rebalance.id if spec.rebalance else None
+        triggered = trigger is not None and trigger != status.get("observedRebalanceId")
+        now = time.monotonic()
+        if now < self.memo.next_online and not triggered:
+            return None
+        window = await self._load_window(spec, groups, online.window_seconds)
+        self.memo.next_online = now + online.interval_seconds  # only once the load was read
+        observed = 1.0 / window.observed_imbalance(
+            [[pod.name for pod in members.values()] for members in groups.values()]
+        )
+        self._report_balancedness(observed, "observed")
+        options = PlanOptions(
+            mode=online.mode,
+            max_moves=online.max_moves,
+            slack=online.slack_permille / 1000,
+            similarity_threshold=online.similarity_threshold_permille / 1000,
+            min_gain=online.min_gain_permille / 1000,
+        )
+        reference = current.load if current is not None else None
+        planned = await asyncio.to_thread(
+            plan, window.load, spec.placement_topology(), served, reference, options
+        )
+        fields: dict[str, Any] = {"balancedness": round(float(observed.mean()), 4)}
+        if triggered:
+            fields["observedRebalanceId"] = trigger
+        updated = [layer for layer in planned.layers if layer.updated]
+        if not updated:
+            await self._write({}, **fields)
+            return None
+        predicted = torch.tensor([1.0 / layer.imbalance_after for layer in planned.layers])
+        self._report_balancedness(predicted, "predicted")
+        await self._write({}, **fields)
+        return await self._create_revision(
+            obj, revisions, planned.placement, window.load, "online",
+            round(float(predicted.mean()), 4), planned.moves, None,
+        )  # fmt: skip
+
+    async def _load_window(
+        self, spec: ExpertPlacementSpec, groups: Groups, window_seconds: int
+    ) -> LoadWindow:
+        pods = [pod for members in groups.values() for pod in members.values()]
+        layers, experts = spec.model.layers, spec.model.experts
+        if spec.metrics.prometheus_url:
+            source = PrometheusSource(
+                spec.metrics.prometheus_url, spec.metrics.timeout_seconds, spec.metrics.load_query
+            )
+            return await source.window(
+                self.namespace, [pod.name for pod in pods], window_seconds, layers, experts
+            )
+        if self.memo.scrape is None:
+            self.memo.scrape = ScrapeSource(timeout=spec.metrics.timeout_seconds)
+        urls = {pod.name: pod.metrics_url for pod in pods}
+        return await self.memo.scrape.window(urls, window_seconds, layers, experts)
+
+    async def _create_revision(
+        self,
+        obj: dict[str, Any],
+        revisions: list[Revision],
+        placement: torch.Tensor,
+        load: torch.Tensor | None,
+        source: str,
+        predicted: float | None,
+        moves: int,
+        config_map_digest: str | None,
+    ) -> Revision:
+        number = max((r.number for r in revisions), default=0) + 1
+        revision = Revision(
+            number=number,
+            name=revision_name(self.name, number),
+            placement=placement.to(torch.int64),
+            load=load,
+            source=source,  # type: ignore[arg-type]
+            predicted_balancedness=predicted,
+            moves=moves,
+            config_map_digest=config_map_digest,
+        )
+        await kube.create_revision(self.namespace, revision_body(obj, revision))
+        return revision
+
+    # -- rolling out -----------------------------------------------------------------------
+    async def _roll_out(
+        self,
+        obj: dict[str, Any],
+        spec: ExpertPlacementSpec,
+        groups: Groups,
+        clients: dict[str, SidecarClient],
+        target: Revision,
+        cause: str,
+    ) -> float:
+        rollout_spec = spec.rollout
+        rollout = Rollout(
+            groups,
+            clients,
+            target.number,
+            target.placement,
+            RolloutOptions(
+                layers_per_step=rollout_spec.layers_per_step,
+                barrier_timeout=rollout_spec.barrier_timeout_seconds,
+                progress_deadline=rollout_spec.progress_deadline_seconds,
+            ),
+            pod_alive=self._pod_alive,
+            on_batch=self._on_batch,
+            paused=lambda: self._pause_requested,
+        )
+        started = time.monotonic()
+        self._pause_requested = False
+        await self._write(
+            {"Progressing": ("True", "RolloutInProgress", f"rolling out {target.name} ({cause})")},
+            targetRevision=target.name, layersCommitted=0, phase="Rolling",
+        )  # fmt: skip
+        METRICS.in_progress.labels(**self.labels).set(1)
+        METRICS.started.labels(**self.labels).set(time.time())
+        try:
+            report = await rollout.run()
+        except RolloutAbortedError as error:
+            METRICS.in_progress.labels(**self.labels).set(0)
+            METRICS.rollouts.labels(**self.labels, result="aborted").inc()
+            METRICS.errors.labels(**self.labels, reason=error.reason).inc()
+            self.emit("Warning", "RolloutAborted", f"{target.name}: {error.message}")
+            self.memo.retry_after = time.monotonic() + min(30.0, RECHECK_SECONDS * 5)
+            await self._write(
+                {"Degraded": ("True", error.reason, error.message),
+                 "Progressing": ("False", "RolloutAborted", f"{target.name} aborted"),
+                 "Ready": ("False", error.reason, error.message)},
+                targetRevision=None, phase="Degraded",
+            )  # fmt: skip
+            return min(RECHECK_SECONDS, 5.0)
+        METRICS.in_progress.labels(**self.labels).set(0)
+        if report.paused:
+            await self._write(
+                {"Progressing": ("False", "Paused", f"paused during {target.name}")},
+                phase="Paused",
+            )
+            return RECHECK_SECONDS
+        return await self._finished(obj, spec, target, cause, report, time.monotonic() - started)
+
+    async def _finished(
+        self,
+        obj: dict[str, Any],
+        spec: ExpertPlacementSpec,
+        target: Revision,
+        cause: str,
+        report: RolloutReport,
+        seconds: float,
+    ) -> float:
+        result = "rolled_back" if cause == "rollback" else "completed"
+        fields: dict[str, Any] = {
+            "currentRevision": target.name,
+            "targetRevision": None,
+            "layersCommitted": report.layers_committed,
+            "layersTotal": report.layers_total,
+            "phase": "Ready",
+        }
+        if report.layers_total:
+            METRICS.rollouts.labels(**self.labels, result=result).inc()
+            METRICS.moves.labels(**self.labels).inc(report.moves)
+            METRICS.rollout_duration.labels(**self.labels).observe(seconds)
+            reason = "RolledBack" if cause == "rollback" else "RolloutComplete"
+            message = (
+                f"{target.name}: {report.layers_committed} layers, {report.moves} slots moved "
+                f"in {seconds:.1f} s"
+            )
+            self.emit("Normal", reason, message)
+            fields["lastRebalance"] = {
+                "time": now_rfc3339(),
+                "predictedBalancedness": target.predicted_balancedness,
+                "moves": report.moves,
+                "layersUpdated": report.layers_committed,
+            }
+        ready_message = f"every pod serves {target.name}"
+        if report.dropped_pods:
+            ready_message += f" (pods {report.dropped_pods} left and will be re-synced)"
+        await self._write(
+            {"Ready": ("True", "RolloutComplete", ready_message),
+             "Progressing": ("False", "RolloutComplete", f"{target.name} is in service"),
+             "Degraded": ("False", "AsExpected", "")},
+            **fields,
+        )  # fmt: skip
+        await self._prune(spec, target)
+        return self._next_delay(spec)
+
+    async def _on_batch(self, report: RolloutReport, batch: BatchReport) -> None:
+        METRICS.barrier_duration.labels(**self.labels, phase="prepare").observe(
+            batch.prepare_seconds
+        )
+        METRICS.barrier_duration.labels(**self.labels, phase="commit").observe(batch.commit_seconds)
+        written = await kube.update_placement_status(
+            self.namespace,
+            self.name,
+            lambda current: {
+                "layersCommitted": report.layers_committed,
+                "layersTotal": report.layers_total,
+            },
+        )
+        if written is not None:
+            self._pause_requested = bool(
+                (written.get("spec") or {}).get("rollout", {}).get("paused", False)
+            )
+
+    async def _pod_alive(self, pod: PodEndpoint) -> bool:
+        found = await kube.get_pod(self.namespace, pod.name)
+        return found is not None and str(found["metadata"].get("uid", "")) == pod.uid
+
+    async def _prune(self, spec: ExpertPlacementSpec, current: Revision) -> None:
+        revisions = [
+            parse_revision(r) for r in await kube.list_revisions(self.namespace, self.name)
+        ]
+        keep = {current.name}
+        if spec.pinned_revision is not None:
+            keep.add(revision_name(self.name, spec.pinned_revision))
+        limit = spec.rollout.revision_history_limit + 1
+        for name in to_prune(revisions, keep, limit):
+            await kube.delete_revision(self.namespace, name)
+
+    # -- reporting -------------------------------------------------------------------------
+    async def _token(self, spec: ExpertPlacementSpec) -> str:
+        if spec.pods.token_secret:
+            return await kube.read_secret_key(self.namespace, spec.pods.token_secret, "token")
+        if TOKEN_FILE:
+            with open(TOKEN_FILE) as handle:
+                return handle.read().strip()
+        raise KeyError("set spec.pods.tokenSecret (or EPLB_SIDECAR_TOKEN_FILE for the operator)")
+
+    async def _degraded(self, reason: str, message: str, keep_ready: bool = False) -> float:
+        conditions: Conditions = {"Degraded": ("True", reason, message)}
+        if not keep_ready:
+            conditions["Ready"] = ("False", reason, message)
+        METRICS.errors.labels(**self.labels, reason=reason).inc()
+        await self._write(conditions, phase="Degraded")
+        return RECHECK_SECONDS
+
+    async def _write(self, conditions: Conditions, **fields: Any) -> None:
+        generation = self._generation
+
+        def change(current: dict[str, Any]) -> dict[str, Any]:
+            existing = (current.get("status") or {}).get("conditions")
+            for kind, (state, reason, message) in conditions.items():
+                existing = set_condition(existing, kind, state, reason, message, generation)
+            out: dict[str, Any] = {"observedGeneration": generation}
+            if conditions:
+                out["conditions"] = existing
+            out.update(fields)
+            return out
+
+        await kube.update_placement_status(self.namespace, self.name, change)
+
+    def _report_balancedness(self, per_layer: torch.Tensor, source: str) -> None:
+        METRICS.balancedness.labels(**self.labels, source=source).set(float(per_layer.mean()))
+        for layer, value in enumerate(per_layer.tolist()):
+            METRICS.layer_balancedness.labels(**self.labels, layer=str(layer), source=source).set(
+                value
+            )
+
+    def _next_delay(self, spec: ExpertPlacementSpec) -> float:
+        if spec.online is None:
+            return RECHECK_SECONDS
+        return max(0.5, min(RECHECK_SECONDS, self.memo.next_online - time.monotonic()))
+
+
+def _most_common_rows(placements: list[torch.Tensor]) -> torch.Tensor:
+    """``[L, P]``: per layer, the row most pods serve (what the group agrees on)."""
+    rows = []
+    for layer in range(placements[0].shape[0]):
+        counts = Counter(tuple(p[layer].tolist()) for p in placements)
+        rows.append(list(counts.most_common(1)[0][0]))
+    return torch.tensor(rows, dtype=torch.int64)

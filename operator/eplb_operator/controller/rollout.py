@@ -1,0 +1,330 @@
+"""Rolling a placement out to every pod, a batch of layers at a time, with all-pod barriers.
+
+For each batch: ``prepare`` on every pod of every group in parallel (experts move between
+the pods of one group only) → barrier: every pod prepared within the timeout, or ``abort``
+on every pod and the batch stays on its current placement → ``commit`` on every pod; a
+commit that fails on a pod that still exists is retried (re-preparing from the checkpoint
+when the sidecar lost its staging) until it lands or the pod is gone.
+
+Level-triggered: what each pod serves is read from the pods (``/v1/info``), not
+remembered, so a rollout resumed after an operator restart continues from where the pods
+are, and only layers that differ from the target are touched.  A pod whose layers differ
+while the rest of its group agree (it restarted) is re-synced alone from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from eplb_operator.controller.endpoints import PodEndpoint
+from eplb_sidecar.api import (
+    AbortRequest,
+    CommitRequest,
+    Info,
+    PrepareRequest,
+    Result,
+    TransferGroup,
+)
+from eplb_sidecar.client import SidecarClient, SidecarError
+
+Groups = dict[str, dict[int, PodEndpoint]]
+
+
+class RolloutAbortedError(RuntimeError):
+    """A batch did not pass its barrier and was aborted everywhere."""
+
+    def __init__(self, reason: str, message: str, layers: list[int]) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.layers = layers
+
+
+@dataclass
+class BatchReport:
+    layers: list[int]
+    prepare_seconds: float
+    commit_seconds: float
+    moves: int
+    bytes_peer: int
+
+
+@dataclass
+class RolloutReport:
+    """What a rollout did; ``paused`` when it stopped between batches for ``spec.paused``."""
+
+    revision: int
+    layers_total: int
+    batches: list[BatchReport] = field(default_factory=list)
+    paused: bool = False
+    dropped_pods: list[str] = field(default_factory=list)
+
+    @property
+    def layers_committed(self) -> int:
+        return sum(len(batch.layers) for batch in self.batches)
+
+    @property
+    def moves(self) -> int:
+        return sum(batch.moves for batch in self.batches)
+
+
+@dataclass
+class RolloutOptions:
+    layers_per_step: int
+    barrier_timeout: float
+    progress_deadline: float
+    commit_retry_seconds: float = 0.5
+
+
+@dataclass
+class _PodWork:
+    """One pod's share of a batch: layers staged with its group, layers re-synced alone."""
+
+    pod: PodEndpoint
+    with_group: dict[int, list[int]] = field(default_factory=dict)
+    alone: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(set(self.with_group) | set(self.alone))
+
+
+async def pod_states(groups: Groups, clients: dict[str, SidecarClient]) -> dict[str, Info]:
+    """``/v1/info?placement=true`` of every pod (raises SidecarError for the first failure)."""
+    pods = [pod for members in groups.values() for pod in members.values()]
+    infos = await asyncio.gather(*(clients[pod.name].info(placement=True) for pod in pods))
+    return {pod.name: info for pod, info in zip(pods, infos, strict=True)}
+
+
+def pending_layers(states: dict[str, Info], target: torch.Tensor) -> list[int]:
+    """Layers some pod serves differently from ``target`` ``[L, P]``."""
+    rows = target.tolist()
+    return [
+        layer
+        for layer in range(target.shape[0])
+        if any(info.placement is not None and info.placement[layer] != rows[layer]
+               for info in states.values())
+    ]  # fmt: skip
+
+
+class Rollout:
+    """One rollout of ``target`` ``[L, P]`` as ``revision`` to every pod of ``groups``."""
+
+    def __init__(
+        self,
+        groups: Groups,
+        clients: dict[str, SidecarClient],
+        revision: int,
+        target: torch.Tensor,
+        options: RolloutOptions,
+        pod_alive: Callable[[PodEndpoint], Awaitable[bool]],
+        on_batch: Callable[[RolloutReport, BatchReport], Awaitable[None]] | None = None,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.groups = groups
+        self.clients = clients
+        self.revision = revision
+        self.target = target
+        self.rows: list[list[int]] = target.tolist()
+        self.options = options
+        self.pod_alive = pod_alive
+        self.on_batch = on_batch
+        self.paused = paused
+        self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
+
+    async def run(self) -> RolloutReport:
+        started = time.monotonic()
+        states = await self._states()
+        await self._drop_stale_staging(states)
+        layers = pending_layers(states, self.target)
+        report = RolloutReport(revision=self.revision, layers_total=len(layers))
+        step = self.options.layers_per_step
+        for index in range(0, len(layers), step):
+            if self.paused():
+                report.paused = True
+                break
+            batch = layers[index : index + step]
+            work = self._plan_batch(batch, states)
+            batch_report = await self._run_batch(index // step, batch, work, report, started)
+            report.batches.append(batch_report)
+            if self.on_batch is not None:
+                await self.on_batch(report, batch_report)
+            if index + step < len(layers):
+                states = await self._states()
+        return report
+
+    # -- planning a batch ------------------------------------------------------------------
+    def _plan_batch(self, batch: list[int], states: dict[str, Info]) -> list[_PodWork]:
+        work: list[_PodWork] = []
+        for members in self.groups.values():
+            for layer in batch:
+                target = self.rows[layer]
+                rows = {
+                    pod.name: (states[pod.name].placement or [])[layer] for pod in members.values()
+                }
+                agree = len({tuple(row) for row in rows.values()}) == 1
+                for pod in members.values():
+                    if rows[pod.name] == target:
+                        continue
+                    share = next((w for w in work if w.pod.name == pod.name), None)
+                    if share is None:
+                        share = _PodWork(pod)
+                        work.append(share)
+                    (share.with_group if agree else share.alone)[layer] = target
+        return work
+
+    # -- one batch -------------------------------------------------------------------------
+    async def _run_batch(
+        self,
+        index: int,
+        batch: list[int],
+        work: list[_PodWork],
+        report: RolloutReport,
+        started: float,
+    ) -> BatchReport:
+        prepare_started = time.monotonic()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(self._prepare(index, share) for share in work)),
+                self.options.barrier_timeout + 5,
+            )
+        except (TimeoutError, SidecarError) as error:
+            await self._abort_everywhere(work)
+            if isinstance(error, SidecarError):
+                reason = "BarrierTimeout" if error.problem.reason == "TransferFailed" else (
+                    "RolloutAborted")  # fmt: skip
+                message = f"pod {error.url}: {error.problem.reason}: {error.problem.message}"
+            else:
+                reason = "BarrierTimeout"
+                message = f"not every pod prepared within {self.options.barrier_timeout:g} s"
+            raise RolloutAbortedError(reason, f"layers {batch}: {message}", batch) from error
+        prepare_seconds = time.monotonic() - prepare_started
+
+        commit_started = time.monotonic()
+        await self._commit_everywhere(work, report, started)
+        moves = sum(layer.moves for result in results for r in result for layer in r.layers)
+        peer = sum(layer.bytes_peer for result in results for r in result for layer in r.layers)
+        return BatchReport(batch, prepare_seconds, time.monotonic() - commit_started, moves, peer)
+
+    async def _prepare(self, index: int, share: _PodWork) -> list[Result]:
+        client = self.clients[share.pod.name]
+        timeout = self.options.barrier_timeout
+        results = []
+        if share.with_group:
+            members = self.groups[share.pod.group]
+            transfer = TransferGroup(
+                session=f"{self.nonce}-r{self.revision}-b{index}-g{share.pod.group}",
+                store=members[min(members)].store,
+                ranks=sorted(members),
+            )
+            results.append(
+                await client.prepare(
+                    PrepareRequest(
+                        revision=self.revision,
+                        layers=share.with_group,
+                        transfer=transfer,
+                        timeout_seconds=timeout,
+                    )
+                )
+            )
+        if share.alone:
+            results.append(
+                await client.prepare(
+                    PrepareRequest(
+                        revision=self.revision, layers=share.alone, timeout_seconds=timeout
+                    )
+                )
+            )
+        return results
+
+    async def _abort_everywhere(self, work: list[_PodWork]) -> None:
+        async def abort(share: _PodWork) -> None:
+            # A dead pod has nothing staged; a live one that misses this is cleaned up by the
+            # next rollout (it aborts whatever pods report staged before it starts).
+            with contextlib.suppress(TimeoutError, SidecarError):
+                await asyncio.wait_for(
+                    self.clients[share.pod.name].abort(
+                        AbortRequest(revision=self.revision, layers=share.layers)
+                    ),
+                    self.options.barrier_timeout + 10,
+                )
+
+        await asyncio.gather(*(abort(share) for share in work))
+
+    async def _commit_everywhere(
+        self, work: list[_PodWork], report: RolloutReport, started: float
+    ) -> None:
+        pending = list(work)
+        while pending:
+            outcomes = await asyncio.gather(
+                *(self._commit(share) for share in pending), return_exceptions=True
+            )
+            failed = [s for s, o in zip(pending, outcomes, strict=True) if o is not True]
+            pending = []
+            for share in failed:
+                if not await self.pod_alive(share.pod):
+                    report.dropped_pods.append(share.pod.name)  # re-synced when it returns
+                    continue
+                pending.append(share)
+            if pending:
+                if time.monotonic() - started > self.options.progress_deadline:
+                    names = [share.pod.name for share in pending]
+                    raise RolloutAbortedError(
+                        "ProgressDeadlineExceeded",
+                        f"commit keeps failing on pods {names}",
+                        sorted({layer for share in pending for layer in share.layers}),
+                    )
+                await asyncio.sleep(self.options.commit_retry_seconds)
+
+    async def _commit(self, share: _PodWork) -> bool:
+        """Commit ``share`` on its pod; True once the pod serves the target for its layers."""
+        client = self.clients[share.pod.name]
+        try:
+            await client.commit(CommitRequest(revision=self.revision, layers=share.layers))
+            return True
+        except SidecarError as error:
+            if error.status != 409:
+                return False
+        # The sidecar lost its staging (it restarted between prepare and commit): unless the
+        # pod already serves the target, stage again from its checkpoint, then commit.
+        info = await client.info(placement=True)
+        missing = {
+            layer: self.rows[layer]
+            for layer in share.layers
+            if info.placement is None or info.placement[layer] != self.rows[layer]
+        }
+        if not missing:
+            return True
+        await client.abort(AbortRequest(revision=self.revision, layers=list(missing)))
+        await client.prepare(PrepareRequest(revision=self.revision, layers=missing))
+        await client.commit(CommitRequest(revision=self.revision, layers=list(missing)))
+        return True
+
+    # -- pod state -------------------------------------------------------------------------
+    async def _states(self) -> dict[str, Info]:
+        try:
+            return await pod_states(self.groups, self.clients)
+        except SidecarError as error:
+            raise RolloutAbortedError(
+                "PodsNotReady", f"{error.url}: {error.problem.message}", []
+            ) from error
+
+    async def _drop_stale_staging(self, states: dict[str, Info]) -> None:
+        """Abort what an interrupted rollout left staged, so every pod starts clean."""
+        calls = []
+        for name, info in states.items():
+            for staged in info.staged:
+                calls.append(
+                    self.clients[name].abort(
+                        AbortRequest(revision=staged.revision, layers=staged.layers)
+                    )
+                )
+        if calls:
+            await asyncio.gather(*calls)

@@ -1,0 +1,136 @@
+"""A whole local world: Kubernetes API, EP pods (engine + sidecar), Prometheus, operator."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from eplb_operator.cluster import LocalCluster
+from eplb_operator.sandbox.operator_process import OperatorProcess
+from eplb_operator.sandbox.pods import publish_group, publish_token
+from eplb_operator.sandbox.prometheus import LocalPrometheus, Target
+from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.engine.checkpoint import write_checkpoint
+from eplb_sidecar.engine.config import EngineConfig, Workload
+from eplb_sidecar.launch import LocalGroup
+from tests.cluster.conftest import XPL, Api
+from tests.sidecar.conftest import assert_slots_hold_their_experts
+
+NAMESPACE = "default"
+APP = "moe"
+CONFIG = EngineConfig(
+    ranks=4, layers=4, experts=12, slots_per_rank=4, hidden=32, intermediate=16,
+    workload=Workload(skew=1.4, tokens_per_step=128, step_interval=0.02, tokens_per_second=4000),
+)  # fmt: skip
+
+
+@dataclass
+class World:
+    workdir: Path
+    cluster: LocalCluster
+    api: Api
+    group: LocalGroup
+    operator: OperatorProcess
+    prometheus: LocalPrometheus | None
+
+    def placement(self, name: str = APP) -> dict[str, Any]:
+        return dict(self.api.get(f"{XPL}/{name}").body)
+
+    def status(self, name: str = APP) -> dict[str, Any]:
+        return dict(self.placement(name).get("status") or {})
+
+    def condition(self, kind: str, name: str = APP) -> dict[str, Any]:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == kind), {})
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.api.get(f"/api/v1/namespaces/{NAMESPACE}/events").body["items"])
+
+    def revisions(self) -> list[dict[str, Any]]:
+        path = f"/apis/apps/v1/namespaces/{NAMESPACE}/controllerrevisions"
+        return list(self.api.get(path).body["items"])
+
+    def tables(self) -> list[ExpertTable]:
+        return [ExpertTable.attach(pod.table_dir) for pod in self.group.pods]
+
+    def wait(self, check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.25)
+        raise AssertionError(
+            f"timed out waiting for {what or check}; status: {self.status()}\n"
+            f"operator log tail:\n{self.operator.output()[-3000:]}"
+        )
+
+    def operator_metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.operator.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": APP}},
+        "pods": {"tokenSecret": "eplb-sidecar-token"},
+        "model": {"layers": CONFIG.layers, "experts": CONFIG.experts},
+        "topology": {"ranks": CONFIG.ranks, "slotsPerRank": CONFIG.slots_per_rank},
+        "rollout": {"layersPerStep": 2, "barrierTimeoutSeconds": 5},
+    }
+    body.update(changes)
+    return {"apiVersion": "eplb.io/v1alpha1", "kind": "ExpertPlacement",
+            "metadata": {"name": APP}, "spec": body}  # fmt: skip
+
+
+def assert_invariants(world: World, expected_probe: torch.Tensor) -> None:
+    """DESIGN §5: one placement on every pod, every expert replicated, exact weights, same
+    outputs."""
+    tables = world.tables()
+    for table in tables[1:]:
+        assert torch.equal(table.routing, tables[0].routing), "pods disagree on the placement"
+    for row in tables[0].routing:
+        assert set(row.tolist()) == set(range(CONFIG.experts))
+    for table in tables:
+        assert_slots_hold_their_experts(table, CONFIG.seed)
+        assert table.routing.shape == (CONFIG.layers, CONFIG.ranks * CONFIG.slots_per_rank)
+    assert torch.equal(world.group.probe(), expected_probe), "the model's outputs changed"
+
+
+def build_world(workdir: Path, with_prometheus: bool) -> Iterator[World]:
+    write_checkpoint(workdir / "checkpoint", CONFIG)
+    with LocalCluster(workdir / "cluster") as cluster:
+        api = Api(cluster.url)
+        group = LocalGroup(CONFIG, workdir / "pods", checkpoint=workdir / "checkpoint").start()
+        prometheus = None
+        operator = OperatorProcess(cluster.kubeconfig, workdir / "operator")
+        try:
+            publish_group(cluster.url, NAMESPACE, group, APP)
+            publish_token(cluster.url, NAMESPACE, "eplb-sidecar-token", group.token)
+            if with_prometheus:
+                targets = [Target(f"127.0.0.1:{p.metrics_port}", NAMESPACE, p.name)
+                           for p in group.pods]  # fmt: skip
+                prometheus = LocalPrometheus(workdir / "prometheus", targets).start()
+            operator.start()
+            yield World(workdir, cluster, api, group, operator, prometheus)
+        finally:
+            operator.stop()
+            if prometheus is not None:
+                prometheus.stop()
+            group.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    yield from build_world(tmp_path, with_prometheus=False)
+
+
+@pytest.fixture
+def world_with_prometheus(tmp_path: Path) -> Iterator[World]:
+    yield from build_world(tmp_path, with_prometheus=True)
