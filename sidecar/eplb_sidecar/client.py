@@ -35,10 +35,15 @@ class SidecarClient:
     """One sidecar's control API, authenticated with a bearer token."""
 
     def __init__(
-        self, base_url: str, token: str, session: aiohttp.ClientSession | None = None
+        self,
+        base_url: str,
+        token: str,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.timeout = timeout  # for info; prepare and commit add their own timeout to it
         self._session = session
         self._owns_session = session is None
 
@@ -60,19 +65,28 @@ class SidecarClient:
 
     async def info(self, placement: bool = False) -> Info:
         query = "?placement=true" if placement else ""
-        return await self._call("GET", f"/info{query}", None, Info)
+        return await self._call("GET", f"/info{query}", None, Info, self.timeout)
 
     async def prepare(self, request: PrepareRequest) -> Result:
-        return await self._call("POST", "/prepare", request, Result)
+        return await self._call(
+            "POST", "/prepare", request, Result, self.timeout + request.timeout_seconds
+        )
 
     async def commit(self, request: CommitRequest) -> Result:
-        return await self._call("POST", "/commit", request, Result)
+        return await self._call(
+            "POST", "/commit", request, Result, self.timeout + request.timeout_seconds
+        )
 
     async def abort(self, request: AbortRequest) -> Result:
-        return await self._call("POST", "/abort", request, Result)
+        return await self._call("POST", "/abort", request, Result, self.timeout)
 
     async def _call(
-        self, method: str, path: str, body: BaseModel | None, answer: type[Model]
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        answer: type[Model],
+        timeout: float,
     ) -> Model:
         if self._session is None:
             self._session = aiohttp.ClientSession()
@@ -80,7 +94,13 @@ class SidecarClient:
         payload: Any = body.model_dump(mode="json") if body is not None else None
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
-            async with self._session.request(method, url, json=payload, headers=headers) as resp:
+            async with self._session.request(
+                method,
+                url,
+                json=payload,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status != 200:
                     raise SidecarError(url, resp.status, Problem.model_validate(data))

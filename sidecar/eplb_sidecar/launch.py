@@ -139,7 +139,7 @@ class LocalGroup:
             args += ["--tokens-per-second", str(workload.tokens_per_second)]
         pod.engine = self._spawn(pod, "engine", args)
 
-    def start_sidecar(self, pod: LocalPod) -> None:
+    def start_sidecar(self, pod: LocalPod, env: dict[str, str] | None = None) -> None:
         args = [
             "serve", "--table-dir", str(pod.table_dir), "--token-file", str(self.token_file),
             "--pod", pod.name, "--bind", "127.0.0.1",
@@ -148,7 +148,7 @@ class LocalGroup:
         ]  # fmt: skip
         if self.checkpoint is not None:
             args += ["--checkpoint", str(self.checkpoint)]
-        pod.sidecar = self._spawn(pod, "sidecar", args)
+        pod.sidecar = self._spawn(pod, "sidecar", args, env)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -194,11 +194,32 @@ class LocalGroup:
     ) -> None:
         self.stop()
 
-    def _spawn(self, pod: LocalPod, role: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def restart_pod(self, pod: LocalPod) -> LocalPod:
+        """The pod deleted and created again: both processes, a fresh table, new ports."""
+        self.kill(pod, "sidecar")
+        self.kill(pod, "engine")
+        fresh = LocalPod(
+            name=pod.name,
+            rank=pod.rank,
+            table_dir=pod.table_dir.with_name(pod.table_dir.name + "-new"),
+            engine_port=free_port(),
+            control_port=free_port(),
+            metrics_port=free_port(),
+            transfer_port=free_port(),
+        )
+        self.pods[self.pods.index(pod)] = fresh
+        self.start_engine(fresh)
+        self.start_sidecar(fresh)
+        self.wait_ready()
+        return fresh
+
+    def _spawn(
+        self, pod: LocalPod, role: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.workdir / f"pod-{pod.rank}" / f"{role}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         pod.logs.append(log)
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(extra_env or {}))
         with open(log, "ab") as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "eplb_sidecar", *args],

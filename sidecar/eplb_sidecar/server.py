@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from eplb_sidecar.api import API_PREFIX, AbortRequest, CommitRequest, PrepareReq
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
 
+FAULT_ENV = "EPLB_SIDECAR_FAULT"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
@@ -49,6 +51,23 @@ EXECUTOR_KEY = web.AppKey("executor", ShuffleExecutor)
 METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
 TOKEN_KEY = web.AppKey("token", TokenFile)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
+
+
+async def inject_fault(phase: str, when: str) -> None:
+    """Chaos testing (the demo's and tests' ``--fault``): ``EPLB_SIDECAR_FAULT`` names one.
+
+    ``exit-at-prepare``, ``exit-at-commit``: the process dies on receiving the call
+    (SIGKILL-like: no cleanup, no answer); ``exit-after-prepare``: it answers the prepare,
+    then dies (before the commit); ``delay-prepare=SECONDS``: every prepare first waits that
+    long (a slow pod).  Unset in production.
+    """
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault == f"exit-{when}-{phase}":
+        if when == "at":
+            os._exit(137)
+        asyncio.get_running_loop().call_later(0.2, os._exit, 137)  # once the answer is out
+    if when == "at" and fault.startswith(f"delay-{phase}="):
+        await asyncio.sleep(float(fault.split("=", 1)[1]))
 
 
 def problem(status: int, reason: str, message: str) -> web.Response:
@@ -84,6 +103,7 @@ async def _parse(request: web.Request, model: type[RequestModel]) -> RequestMode
 
 async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web.Response:
     """Run one state-changing call: serialized, in a thread, counted and timed."""
+    await inject_fault(phase, "at")
     metrics = request.app[METRICS_KEY]
     started = time.monotonic()
     try:
@@ -92,6 +112,7 @@ async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web
     except RefusedError as refused:
         metrics.shuffles.labels(phase=phase, result="failure").inc()
         return problem(refused.status, refused.reason, refused.message)
+    await inject_fault(phase, "after")
     metrics.shuffles.labels(phase=phase, result="success").inc()
     metrics.duration.labels(phase=phase).observe(time.monotonic() - started)
     if phase == "commit":

@@ -1,4 +1,4 @@
-"""Online: skewed load measured by a real Prometheus → rebalance → a better balance, same outputs."""
+"""Online: skewed load measured by a real Prometheus → rebalance → better balance, same outputs."""
 
 from __future__ import annotations
 
@@ -41,9 +41,7 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
     # that lies wholly after it.
     seen = [before]
     for _ in range(2):
-        world.wait(
-            lambda: world.status().get("balancedness") != seen[-1], 60, "a new observation"
-        )
+        world.wait(lambda: world.status().get("balancedness") != seen[-1], 60, "a new observation")
         seen.append(world.status()["balancedness"])
     after = seen[-1]
     assert world.status()["currentRevision"] == "moe-1"  # the same load: nothing to change

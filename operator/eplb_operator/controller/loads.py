@@ -21,6 +21,7 @@ import torch
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_client.parser import text_string_to_metric_families
+from urllib3.util.retry import Retry
 
 from eplb_sidecar import metric_names
 
@@ -120,7 +121,10 @@ class PrometheusSource:
         self.url = url
         self.timeout = timeout
         self.query_template = query or DEFAULT_QUERY
-        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout)
+        # One quick retry: a reconcile comes again soon, and a down Prometheus must not
+        # hold it for urllib3's default backoff.
+        retry = Retry(total=1, backoff_factor=0.2, status_forcelist=[502, 503, 504])
+        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=retry)
 
     def query(self, namespace: str, pods: list[str], window_seconds: int) -> str:
         # A regex (RE2) inside a PromQL string literal: escape for the regex, then the string.

@@ -162,14 +162,23 @@ class Reconciler:
         target: Revision | None = by_name.get(status.get("targetRevision") or "")
         cause = "continue"
         if target is None and spec.pinned_revision is not None:
-            target = by_name.get(revision_name(self.name, spec.pinned_revision))
+            pinned = by_name.get(revision_name(self.name, spec.pinned_revision))
             cause = "rollback"
-            if target is None:
+            if pinned is None:
                 kept = sorted(r.number for r in revisions)
                 return await self._degraded(
                     "InvalidSpec",
                     f"pinnedRevision {spec.pinned_revision} is not stored (kept: {kept})",
                 )
+            if current is not None and torch.equal(current.placement, pinned.placement):
+                target = current  # already rolled back: hold it (re-sync pods if needed)
+            else:
+                # Like a Deployment's rollback: the old placement as a new, newer revision
+                # (sidecars only move forward in revisions).
+                target = await self._create_revision(
+                    obj, revisions, pinned.placement, pinned.load, "rollback",
+                    pinned.predicted_balancedness, 0, None,
+                )  # fmt: skip
         if target is None and spec.offline is not None:
             try:
                 target = await self._offline(obj, spec, revisions, current)

@@ -157,6 +157,8 @@ def _from_documents(documents: list[Any]) -> PlacementDocument:
         if "physical_to_logical_map" in only:
             rows = _matrix(only["physical_to_logical_map"], "physical_to_logical_map")
             return PlacementDocument(rows, list(range(rows.shape[0])))
+        if "schema" in only and "phy2log" in only:  # the mapping itself (a ConfigMap's value)
+            return _from_mapping(only)
         if "initial_global_assignments" in only:
             assignments = only["initial_global_assignments"]
             if not isinstance(assignments, dict) or not assignments:

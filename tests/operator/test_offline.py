@@ -1,0 +1,97 @@
+"""Offline (GitOps): a mapping from `eplb plan` in a ConfigMap, applied with kubectl, rolled out
+exactly; a changed mapping rolls out only the layers that changed; a bad one changes nothing;
+pinning an old revision rolls back."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from eplb_operator.cluster.tools import binaries
+from eplb_operator.formats.mappings import PlacementDocument, render
+from eplb_operator.placement import Topology, plan
+from eplb_operator.workloads import zipf_load
+from eplb_sidecar.engine.reference import identity_placement
+
+from .conftest import APP, CONFIG, World, assert_invariants
+
+pytestmark = pytest.mark.slow
+
+TOPOLOGY = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
+
+
+def manifests(phy2log: torch.Tensor) -> str:
+    """`eplb plan`'s ExpertPlacement output, pointed at this world's pods and token."""
+    doc = PlacementDocument(
+        phy2log, list(range(CONFIG.layers)), "example/moe", CONFIG.experts, CONFIG.ranks,
+        CONFIG.slots_per_rank,
+    )  # fmt: skip
+    config_map, placement = [
+        d for d in yaml.safe_load_all(render(doc, "expertplacement", APP)) if d
+    ]
+    placement["spec"]["selector"] = {"matchLabels": {"app": APP}}
+    placement["spec"]["pods"] = {"tokenSecret": "eplb-sidecar-token"}
+    placement["spec"]["rollout"] = {"layersPerStep": 2, "barrierTimeoutSeconds": 5}
+    return yaml.safe_dump_all([config_map, placement])
+
+
+def kubectl(world: World, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        [str(binaries()["kubectl"]), "--kubeconfig", str(world.cluster.kubeconfig), *args],
+        input=stdin, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def serves(world: World, placement: torch.Tensor) -> bool:
+    return all(torch.equal(table.routing, placement) for table in world.tables())
+
+
+def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
+    world: World, tmp_path: Path
+) -> None:
+    expected = world.group.probe()
+    first = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=3), TOPOLOGY,
+                 previous=identity_placement(CONFIG)).placement  # fmt: skip
+    kubectl(world, "apply", "-f", "-", stdin=manifests(first))
+    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "offline rollout")
+    assert serves(world, first)
+    assert_invariants(world, expected)
+    assert "moe-1" in kubectl(world, "get", "xpl", APP)
+
+    # A new commit in Git changes layer 2 only.
+    second = first.clone()
+    second[2] = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=9), TOPOLOGY,
+                     previous=first).placement[2]  # fmt: skip
+    assert not torch.equal(second[2], first[2])
+    kubectl(world, "apply", "-f", "-", stdin=manifests(second))
+    world.wait(lambda: world.status().get("currentRevision") == "moe-2", 60, "the change")
+    assert serves(world, second)
+    status = world.status()
+    assert status["layersTotal"] == 1 and status["lastRebalance"]["layersUpdated"] == 1
+    for table in world.tables():  # untouched layers keep the revision they came with
+        assert table.revisions.tolist() == [1, 1, 2, 1]
+    assert_invariants(world, expected)
+
+    # A broken mapping (expert 0 without a replica) is refused; nothing changes.
+    broken = second.clone()
+    broken[1][broken[1] == 0] = 1
+    kubectl(world, "apply", "-f", "-", stdin=manifests(broken))
+    world.wait(lambda: world.condition("Degraded").get("reason") == "InvalidSpec", 30, "refusal")
+    assert "layer 1: logical expert 0 has no replica" in world.condition("Degraded")["message"]
+    assert serves(world, second) and world.status()["currentRevision"] == "moe-2"
+
+    # Rolling back: pin revision 1.
+    kubectl(world, "patch", "xpl", APP, "--type=merge", "-p", '{"spec": {"pinnedRevision": 1}}')
+    world.wait(lambda: serves(world, first), 60, "rollback")
+    # Revision 1's placement as revision 3, as a Deployment's rollback makes a new revision.
+    world.wait(lambda: world.status().get("currentRevision") == "moe-3", 30, "rollback status")
+    assert [r["data"]["source"] for r in world.revisions()] == ["offline", "offline", "rollback"]
+    assert "RolledBack" in {event.get("reason") for event in world.events()}
+    assert world.condition("Ready")["status"] == "True"
+    assert_invariants(world, expected)
