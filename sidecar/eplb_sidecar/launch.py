@@ -26,6 +26,7 @@ import torch
 
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
+from eplb_sidecar.engine.reference import ReferenceEngine
 
 
 def free_port() -> int:
@@ -76,12 +77,16 @@ class LocalGroup:
         checkpoint: Path | None = None,
         token: str | None = None,
         step_interval: float | None = None,
+        serve_engines: bool = True,
     ) -> None:
         self.config = config
         self.workdir = workdir
         self.checkpoint = checkpoint
         self.token = token or secrets.token_hex(16)
         self.token_file = workdir / "token"
+        # False: the tables are published by this process and nothing serves tokens (for
+        # control-plane benchmarks with many pods: half the processes).
+        self.serve_engines = serve_engines
         if step_interval is not None:
             config.workload.step_interval = step_interval
         self.pods = [
@@ -118,7 +123,11 @@ class LocalGroup:
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
         for pod in self.pods:
-            self.start_engine(pod)
+            if self.serve_engines:
+                self.start_engine(pod)
+            else:
+                rank_config = self.config.model_copy(update={"rank": pod.rank})
+                ReferenceEngine(rank_config, pod.table_dir).table.close()
             self.start_sidecar(pod)
         self.wait_ready(timeout)
         return self
@@ -153,10 +162,10 @@ class LocalGroup:
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         for pod in self.pods:
-            for url, process in (
-                (pod.engine_url, pod.engine),
-                (pod.metrics_url, pod.sidecar),
-            ):
+            checks = [(pod.metrics_url, pod.sidecar)]
+            if self.serve_engines:
+                checks.insert(0, (pod.engine_url, pod.engine))
+            for url, process in checks:
                 while not _healthy(url):
                     if process is not None and process.poll() is not None:
                         raise RuntimeError(f"{pod.name}: process exited; see {pod.logs[-1]}")

@@ -39,6 +39,12 @@ class World:
     group: LocalGroup
     operator: OperatorProcess
     prometheus: LocalPrometheus | None
+    started: float  # when every engine was serving
+
+    def settle(self, seconds: float) -> None:
+        """Wait until the engines have served for ``seconds``: a load window that reaches
+        back before every engine ran would count the early starters' tokens as heat."""
+        time.sleep(max(0.0, self.started + seconds - time.monotonic()))
 
     def placement(self, name: str = APP) -> dict[str, Any]:
         return dict(self.api.get(f"{XPL}/{name}").body)
@@ -108,6 +114,7 @@ def build_world(workdir: Path, with_prometheus: bool) -> Iterator[World]:
     with LocalCluster(workdir / "cluster") as cluster:
         api = Api(cluster.url)
         group = LocalGroup(CONFIG, workdir / "pods", checkpoint=workdir / "checkpoint").start()
+        started = time.monotonic()
         prometheus = None
         operator = OperatorProcess(cluster.kubeconfig, workdir / "operator")
         try:
@@ -116,9 +123,13 @@ def build_world(workdir: Path, with_prometheus: bool) -> Iterator[World]:
             if with_prometheus:
                 targets = [Target(f"127.0.0.1:{p.metrics_port}", NAMESPACE, p.name)
                            for p in group.pods]  # fmt: skip
-                prometheus = LocalPrometheus(workdir / "prometheus", targets).start()
+                # Scrapes much finer than the 10 s window: increase() extrapolates each
+                # target from its own scrape phase, a bias of up to interval/window per pod.
+                prometheus = LocalPrometheus(
+                    workdir / "prometheus", targets, scrape_interval="250ms"
+                ).start()
             operator.start()
-            yield World(workdir, cluster, api, group, operator, prometheus)
+            yield World(workdir, cluster, api, group, operator, prometheus, started)
         finally:
             operator.stop()
             if prometheus is not None:

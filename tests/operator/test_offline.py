@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 TOPOLOGY = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
 
 
-def manifests(phy2log: torch.Tensor) -> str:
+def manifests(phy2log: torch.Tensor, paused: bool = False) -> str:
     """`eplb plan`'s ExpertPlacement output, pointed at this world's pods and token."""
     doc = PlacementDocument(
         phy2log, list(range(CONFIG.layers)), "example/moe", CONFIG.experts, CONFIG.ranks,
@@ -35,7 +35,11 @@ def manifests(phy2log: torch.Tensor) -> str:
     ]
     placement["spec"]["selector"] = {"matchLabels": {"app": APP}}
     placement["spec"]["pods"] = {"tokenSecret": "eplb-sidecar-token"}
-    placement["spec"]["rollout"] = {"layersPerStep": 2, "barrierTimeoutSeconds": 5}
+    placement["spec"]["rollout"] = {
+        "layersPerStep": 2,
+        "barrierTimeoutSeconds": 5,
+        "paused": paused,
+    }
     return yaml.safe_dump_all([config_map, placement])
 
 
@@ -58,7 +62,12 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
     expected = world.group.probe()
     first = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=3), TOPOLOGY,
                  previous=identity_placement(CONFIG)).placement  # fmt: skip
-    kubectl(world, "apply", "-f", "-", stdin=manifests(first))
+    # Applied paused: everything holds until it is unpaused.
+    kubectl(world, "apply", "-f", "-", stdin=manifests(first, paused=True))
+    world.wait(lambda: world.condition("Progressing").get("reason") == "Paused", 30, "paused")
+    assert world.revisions() == [] and serves(world, identity_placement(CONFIG))
+    kubectl(world, "patch", "xpl", APP, "--type=merge", "-p",
+            '{"spec": {"rollout": {"paused": false}}}')  # fmt: skip
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "offline rollout")
     assert serves(world, first)
     assert_invariants(world, expected)

@@ -21,6 +21,7 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
         online={"intervalSeconds": 10, "windowSeconds": 10, "minGainPermille": 20},
         metrics={"prometheusUrl": world.prometheus.url},
     )
+    world.settle(12)  # a whole 10 s window of steady load before the first plan
     assert world.api.post(XPL, body).code == 201
 
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "first rebalance")

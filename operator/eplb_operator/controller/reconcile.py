@@ -53,6 +53,7 @@ from eplb_operator.controller.rollout import (
     RolloutAbortedError,
     RolloutOptions,
     RolloutReport,
+    pending_layers,
     pod_states,
 )
 from eplb_operator.errors import InvalidInputError
@@ -200,6 +201,15 @@ class Reconciler:
                  "Progressing": ("False", "Idle", "nothing to roll out"),
                  "Degraded": ("False", "AsExpected", "")},
                 phase="Ready",
+            )  # fmt: skip
+            return self._next_delay(spec)
+        if not pending_layers(states, target.placement):
+            # Every pod already serves it: nothing to move, no rollout to report.
+            await self._write(
+                {"Ready": ("True", "AsExpected", f"every pod serves {target.name}"),
+                 "Progressing": ("False", "RolloutComplete", f"{target.name} is in service"),
+                 "Degraded": ("False", "AsExpected", "")},
+                currentRevision=target.name, targetRevision=None, phase="Ready",
             )  # fmt: skip
             return self._next_delay(spec)
         if time.monotonic() < self.memo.retry_after and cause != "online":
@@ -363,6 +373,7 @@ class Reconciler:
         )  # fmt: skip
         METRICS.in_progress.labels(**self.labels).set(1)
         METRICS.started.labels(**self.labels).set(time.time())
+        self.emit("Normal", "RolloutStarted", f"{target.name} ({cause})")
         try:
             report = await rollout.run()
         except RolloutAbortedError as error:

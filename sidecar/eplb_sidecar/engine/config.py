@@ -23,7 +23,7 @@ class Workload(BaseModel):
         default=None,
         ge=1,
         description="Serve this many tokens per second of wall time (each step serves what "
-        "accrued since the last, at most 8 steps' worth) instead of a fixed number per step, "
+        "accrued since the last, at most 2 seconds' worth) instead of a fixed number per step, "
         "so that ranks sharing a busy machine still see the same token rate.",
     )
 

@@ -125,7 +125,7 @@ class ReferenceEngine:
                 self.step()
             else:
                 now = time.monotonic()
-                owed = min(owed + rate * (now - last), 8.0 * self.workload.tokens_per_step)
+                owed = min(owed + rate * (now - last), 2.0 * rate)  # ≤ 2 s after a stall
                 last = now
                 if owed >= 1:
                     self.step(int(owed))

@@ -1,0 +1,184 @@
+"""Rollout control-plane cost: barrier rounds over many sidecars, and a full 61-layer rollout.
+
+    python benchmarks/rollout.py          # writes benchmarks/results/rollout.md
+
+Barrier round: prepare on every sidecar in parallel, then commit on every sidecar (a new
+revision of an unchanged placement: no weights move), timed from the first request to the
+last answer, for 8, 32 and 64 sidecar processes.  Full rollout: 32 pods of a DeepSeek-V3
+shaped group (61 layers, 256 experts, 9 slots per rank) roll out a fresh placement from
+the placement engine through the operator's own rollout code, 4 layers per barrier, with
+real peer transfers (small experts, so the control plane dominates); afterwards every slot
+of every pod is checked against its expert.  Goals (issue #5): < 100 ms per barrier round
+at 64 sidecars; < 10 s for the full rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import track
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import machine, table
+from eplb_operator.controller.endpoints import PodEndpoint
+from eplb_operator.controller.rollout import Rollout, RolloutOptions
+from eplb_operator.placement import Topology, plan
+from eplb_operator.workloads import zipf_load
+from eplb_sidecar.api import CommitRequest, PrepareRequest
+from eplb_sidecar.client import SidecarClient
+from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.engine.config import EngineConfig
+from eplb_sidecar.engine.reference import identity_placement
+from eplb_sidecar.engine.weights import expert_weights
+from eplb_sidecar.launch import LocalGroup
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rollout.md"
+
+
+def endpoints(group: LocalGroup) -> dict[str, dict[int, PodEndpoint]]:
+    return {
+        group.config.group: {
+            pod.rank: PodEndpoint(pod.name, pod.name, group.config.group, pod.rank, "127.0.0.1",
+                                  pod.control_port, pod.metrics_port, pod.transfer_port)
+            for pod in group.pods
+        }
+    }  # fmt: skip
+
+
+def barrier_rounds(sidecars: int, rounds: int) -> tuple[float, float, float]:
+    """Median, p90 and max seconds of a no-data prepare+commit round over ``sidecars``."""
+    config = EngineConfig(ranks=sidecars, layers=4, experts=sidecars, slots_per_rank=2,
+                          hidden=8, intermediate=8)  # fmt: skip
+    rows = identity_placement(config)
+    with tempfile.TemporaryDirectory() as workdir:
+        group = LocalGroup(config, Path(workdir), serve_engines=False)
+        with group:
+
+            async def run() -> list[float]:
+                clients = [SidecarClient(pod.control_url, group.token) for pod in group.pods]
+                samples = []
+                for revision in range(1, rounds + 1):
+                    prepare = PrepareRequest(
+                        revision=revision, layers={layer: rows[layer].tolist() for layer in (0, 1)}
+                    )
+                    commit = CommitRequest(revision=revision, layers=[0, 1])
+                    started = time.perf_counter()
+                    await asyncio.gather(*(c.prepare(prepare) for c in clients))
+                    await asyncio.gather(*(c.commit(commit) for c in clients))
+                    samples.append(time.perf_counter() - started)
+                for client in clients:
+                    await client.close()
+                return samples[2:]  # the first rounds open connections
+
+            samples = asyncio.run(run())
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))], ordered[-1]
+
+
+def full_rollout(pods: int, layers: int, layers_per_step: int) -> dict[str, float]:
+    experts, slots = 256, 9
+    config = EngineConfig(ranks=pods, layers=layers, experts=experts, slots_per_rank=slots,
+                          hidden=32, intermediate=16)  # fmt: skip
+    topology = Topology.from_redundant(experts, pods, pods * slots - experts, 4, 8)
+    target = plan(zipf_load(layers, experts, 1.0, seed=11), topology,
+                  previous=identity_placement(config)).placement  # fmt: skip
+    with tempfile.TemporaryDirectory() as workdir:
+        group = LocalGroup(config, Path(workdir), serve_engines=False)
+        with group:
+            groups = endpoints(group)
+
+            async def alive(pod: PodEndpoint) -> bool:
+                return True
+
+            async def run() -> tuple[float, list[float], int]:
+                clients = {pod.name: SidecarClient(pod.control_url, group.token)
+                           for pod in group.pods}  # fmt: skip
+                rollout = Rollout(
+                    groups, clients, 1, target,
+                    RolloutOptions(layers_per_step=layers_per_step, barrier_timeout=60,
+                                   progress_deadline=600),
+                    pod_alive=alive,
+                )  # fmt: skip
+                started = time.perf_counter()
+                report = await rollout.run()
+                total = time.perf_counter() - started
+                for client in clients.values():
+                    await client.close()
+                stalls = [b.prepare_seconds + b.commit_seconds for b in report.batches]
+                return total, stalls, report.moves
+
+            total, stalls, moves = asyncio.run(run())
+            for pod in track(group.pods, description="checking every slot"):
+                view = ExpertTable.attach(pod.table_dir)
+                assert torch.equal(view.routing, target), f"{pod.name} serves another placement"
+                local = view.local_placement()
+                for layer in range(layers):
+                    for slot in range(slots):
+                        want = expert_weights(view.layout.weights, config.seed, layer,
+                                              int(local[layer, slot]))  # fmt: skip
+                        for name, value in want.items():
+                            assert torch.equal(view.weights[name][layer, slot], value), (
+                                f"{pod.name} layer {layer} slot {slot} holds the wrong expert"
+                            )
+    return {"total": total, "largest": max(stalls), "median": statistics.median(stalls),
+            "batches": len(stalls), "moves": moves}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sidecars", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--pods", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=61)
+    parser.add_argument("--layers-per-step", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    rows = []
+    for count in track(args.sidecars, description="barrier rounds"):
+        median, p90, worst = barrier_rounds(count, args.rounds)
+        rows.append([str(count), f"{median * 1e3:.1f}", f"{p90 * 1e3:.1f}", f"{worst * 1e3:.1f}",
+                     "yes" if median < 0.1 else "no"])  # fmt: skip
+    full = full_rollout(args.pods, args.layers, args.layers_per_step)
+    command = "python benchmarks/rollout.py " + shlex.join(sys.argv[1:])
+    report = (
+        "# Rollout control plane\n\n"
+        f"Command: `{command.strip()}`  \nMachine: {machine()}\n\n"
+        "Sidecars are real processes on this machine (the tables are published by the "
+        "benchmark; nothing serves tokens), driven over HTTP with the operator's client.\n\n"
+        f"## Barrier round: prepare + commit on every sidecar, no data ({args.rounds} rounds)\n\n"
+        + table(["sidecars", "median ms", "p90 ms", "max ms", "< 100 ms"], rows)
+        + f"\n\n## Full rollout: {args.pods} pods, {args.layers} layers, 256 experts, "
+        f"9 slots per rank, {args.layers_per_step} layers per barrier\n\n"
+        + table(
+            ["total s", "batches", "slots moved", "median batch s", "largest batch s", "< 10 s"],
+            [
+                [
+                    f"{full['total']:.2f}",
+                    str(int(full["batches"])),
+                    str(int(full["moves"])),
+                    f"{full['median']:.3f}",
+                    f"{full['largest']:.3f}",
+                    "yes" if full["total"] < 10 else "no",
+                ]
+            ],
+        )
+        + "\n\nEvery slot of every pod was checked against its expert's weights afterwards.\n"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
