@@ -45,11 +45,18 @@ def serve_command(
         socket.gethostname()
     ),
     bind: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
-    control_port: Annotated[int, typer.Option(help="Control API port (token required).")] = 8470,
-    metrics_port: Annotated[int, typer.Option(help="/metrics and /healthz port.")] = 9470,
+    control_port: Annotated[
+        int, typer.Option(help="Control API port, token required (0: any free port).")
+    ] = 8470,
+    metrics_port: Annotated[
+        int, typer.Option(help="/metrics and /healthz port (0: any free port).")
+    ] = 9470,
     transfer_port: Annotated[
-        int, typer.Option(help="Rendezvous store for peer transfers; 0 disables them.")
+        int, typer.Option(help="Rendezvous store for peer transfers (0: any free port).")
     ] = 29470,
+    peer_transfers: Annotated[
+        bool, typer.Option(help="Serve peer transfers (else: checkpoint and local only).")
+    ] = True,
     backend: Annotated[str, typer.Option(help="Peer transfer backend: gloo or nccl.")] = "gloo",
     checkpoint: Annotated[
         Path | None, typer.Option(help="Safetensors checkpoint to re-read experts from.")
@@ -58,6 +65,9 @@ def serve_command(
         str, typer.Option(help="Tensor name template with {layer}, {expert}, {name}.")
     ] = DEFAULT_KEY_TEMPLATE,
     wait_seconds: Annotated[float, typer.Option(help="How long to wait for the engine.")] = 300.0,
+    ports_file: Annotated[
+        Path | None, typer.Option(help="Write the bound ports here (JSON; for port 0).")
+    ] = None,
 ) -> None:
     """Attach to the engine's expert table; serve the control API and /metrics."""
     from eplb_sidecar.runtime import SidecarOptions, run_sidecar
@@ -73,10 +83,12 @@ def serve_command(
             control_port=control_port,
             metrics_port=metrics_port,
             transfer_port=transfer_port,
+            peer_transfers=peer_transfers,
             backend=backend,  # type: ignore[arg-type]
             checkpoint=checkpoint,
             checkpoint_key=checkpoint_key,
             wait_seconds=wait_seconds,
+            ports_file=ports_file,
         )
     )
 
@@ -106,6 +118,9 @@ def engine_command(
     port: Annotated[int, typer.Option(help="Engine API port (workload, probe).")] = 8000,
     write_checkpoint: Annotated[
         Path | None, typer.Option(help="Write the model's checkpoint here and exit.")
+    ] = None,
+    ports_file: Annotated[
+        Path | None, typer.Option(help="Write the bound port here (JSON; for port 0).")
     ] = None,
 ) -> None:
     """Run the reference MoE engine: publish its expert table and serve token batches."""
@@ -139,4 +154,4 @@ def engine_command(
     from eplb_sidecar.runtime import run_engine
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    run_engine(config, table_dir, bind, port)
+    run_engine(config, table_dir, bind, port, ports_file)

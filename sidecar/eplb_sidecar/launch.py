@@ -42,10 +42,12 @@ class LocalPod:
     name: str
     rank: int
     table_dir: Path
-    engine_port: int
-    control_port: int
-    metrics_port: int
-    transfer_port: int
+    # 0 until the processes report the ports they bound (they pick free ones themselves,
+    # which no other process can take in between).
+    engine_port: int = 0
+    control_port: int = 0
+    metrics_port: int = 0
+    transfer_port: int = 0
     engine: subprocess.Popen[bytes] | None = None
     sidecar: subprocess.Popen[bytes] | None = None
     logs: list[Path] = field(default_factory=list)
@@ -94,10 +96,6 @@ class LocalGroup:
                 name=f"{config.group}-rank-{rank}",
                 rank=rank,
                 table_dir=workdir / f"pod-{rank}" / "table",
-                engine_port=free_port(),
-                control_port=free_port(),
-                metrics_port=free_port(),
-                transfer_port=free_port(),
             )
             for rank in range(config.ranks)
         ]
@@ -129,10 +127,15 @@ class LocalGroup:
                 rank_config = self.config.model_copy(update={"rank": pod.rank})
                 ReferenceEngine(rank_config, pod.table_dir).table.close()
             self.start_sidecar(pod)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # never leave half a group running
+            raise
         return self
 
     def start_engine(self, pod: LocalPod) -> None:
+        self._ports_file(pod, "engine").unlink(missing_ok=True)
         config, workload = self.config, self.config.workload
         args = [
             "engine", "--table-dir", str(pod.table_dir), "--rank", str(pod.rank),
@@ -142,18 +145,22 @@ class LocalGroup:
             "--intermediate", str(config.intermediate), "--top-k", str(config.top_k),
             "--dtype", config.dtype, "--device", config.device, "--seed", str(config.seed),
             "--skew", str(workload.skew), "--tokens-per-step", str(workload.tokens_per_step),
-            "--step-interval", str(workload.step_interval), "--port", str(pod.engine_port),
+            "--step-interval", str(workload.step_interval), "--port", "0",
+            "--ports-file", str(self._ports_file(pod, "engine")),
         ]  # fmt: skip
         if workload.tokens_per_second is not None:
             args += ["--tokens-per-second", str(workload.tokens_per_second)]
         pod.engine = self._spawn(pod, "engine", args)
 
     def start_sidecar(self, pod: LocalPod, env: dict[str, str] | None = None) -> None:
+        self._ports_file(pod, "sidecar").unlink(missing_ok=True)
         args = [
             "serve", "--table-dir", str(pod.table_dir), "--token-file", str(self.token_file),
             "--pod", pod.name, "--bind", "127.0.0.1",
+            # A restarted container keeps its pod's ports (the Pod object names them).
             "--control-port", str(pod.control_port), "--metrics-port", str(pod.metrics_port),
             "--transfer-port", str(pod.transfer_port),
+            "--ports-file", str(self._ports_file(pod, "sidecar")),
         ]  # fmt: skip
         if self.checkpoint is not None:
             args += ["--checkpoint", str(self.checkpoint)]
@@ -162,16 +169,31 @@ class LocalGroup:
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         for pod in self.pods:
-            checks = [(pod.metrics_url, pod.sidecar)]
-            if self.serve_engines:
-                checks.insert(0, (pod.engine_url, pod.engine))
-            for url, process in checks:
-                while not _healthy(url):
+            roles = ["engine", "sidecar"] if self.serve_engines else ["sidecar"]
+            for role in roles:
+                process = pod.engine if role == "engine" else pod.sidecar
+                ports = self._ports_file(pod, role)
+                while not (ports.exists() and _healthy(self._read_ports(pod, role, ports))):
                     if process is not None and process.poll() is not None:
-                        raise RuntimeError(f"{pod.name}: process exited; see {pod.logs[-1]}")
+                        raise RuntimeError(f"{pod.name}: {role} exited; see {pod.logs[-1]}")
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{pod.name} not ready at {url}")
+                        raise TimeoutError(f"{pod.name}: {role} not ready")
                     time.sleep(0.1)
+
+    def _ports_file(self, pod: LocalPod, role: str) -> Path:
+        return pod.table_dir.parent / f"{role}.ports.json"
+
+    @staticmethod
+    def _read_ports(pod: LocalPod, role: str, path: Path) -> str:
+        """Take the ports a process bound; returns the URL of its health endpoint."""
+        ports = json.loads(path.read_text())
+        if role == "engine":
+            pod.engine_port = int(ports["engine"])
+            return pod.engine_url
+        pod.control_port = int(ports["control"])
+        pod.metrics_port = int(ports["metrics"])
+        pod.transfer_port = int(ports["transfer"])
+        return pod.metrics_url
 
     def kill(self, pod: LocalPod, which: str = "sidecar") -> None:
         """SIGKILL one process of a pod (a crash, not a shutdown)."""
@@ -210,11 +232,7 @@ class LocalGroup:
         fresh = LocalPod(
             name=pod.name,
             rank=pod.rank,
-            table_dir=pod.table_dir.with_name(pod.table_dir.name + "-new"),
-            engine_port=free_port(),
-            control_port=free_port(),
-            metrics_port=free_port(),
-            transfer_port=free_port(),
+            table_dir=pod.table_dir.parent.with_name(pod.table_dir.parent.name + "-new") / "table",
         )
         self.pods[self.pods.index(pod)] = fresh
         self.start_engine(fresh)

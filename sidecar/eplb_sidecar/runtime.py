@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from dataclasses import dataclass
@@ -32,33 +33,41 @@ class SidecarOptions:
     control_port: int = 8470
     metrics_port: int = 9470
     transfer_port: int = 29470
+    peer_transfers: bool = True
     backend: Backend = "gloo"
     checkpoint: Path | None = None
     checkpoint_key: str = DEFAULT_KEY_TEMPLATE
     wait_seconds: float = 300.0
+    ports_file: Path | None = None
 
 
-async def _until_signalled(sites: list[web.TCPSite], runners: list[web.AppRunner]) -> None:
+async def _serve(
+    apps: list[tuple[str, web.Application, str, int]],
+    ports_file: Path | None,
+    extra_ports: dict[str, int] | None = None,
+) -> None:
+    """Serve ``(role, app, host, port)`` until SIGTERM; port 0 binds any free port, and
+    ``ports_file`` then tells the bound ports (role → port) to whoever started us."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for site in sites:
-        await site.start()
-    log.info("listening on %s", ", ".join(site.name for site in sites))
+    runners: list[web.AppRunner] = []
+    ports = dict(extra_ports or {})
+    for role, app, host, port in apps:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        runners.append(runner)
+        ports[role] = int(runner.addresses[0][1])
+    log.info("listening: %s", ports)
+    if ports_file is not None:
+        tmp = ports_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(ports))
+        tmp.replace(ports_file)
     await stop.wait()
     for runner in runners:
         await runner.cleanup()
-
-
-async def _serve(apps: list[tuple[web.Application, str, int]]) -> None:
-    runners, sites = [], []
-    for app, host, port in apps:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        sites.append(web.TCPSite(runner, host, port))
-    await _until_signalled(sites, runners)
 
 
 def run_sidecar(options: SidecarOptions) -> None:
@@ -68,7 +77,7 @@ def run_sidecar(options: SidecarOptions) -> None:
     table = ExpertTable.attach(options.table_dir, timeout=options.wait_seconds)
     peers = (
         PeerGroups(options.bind, options.transfer_port, options.backend)
-        if options.transfer_port
+        if options.peer_transfers
         else None
     )
     checkpoint = (
@@ -78,21 +87,18 @@ def run_sidecar(options: SidecarOptions) -> None:
     )
     executor = ShuffleExecutor(table, options.pod, peers, checkpoint)
     metrics = SidecarMetrics(table)
-    asyncio.run(
-        _serve(
-            [
-                (
-                    control_app(executor, metrics, options.token_file),
-                    options.bind,
-                    options.control_port,
-                ),
-                (metrics_app(metrics), options.bind, options.metrics_port),
-            ]
-        )
-    )
+    control = control_app(executor, metrics, options.token_file)
+    apps = [
+        ("control", control, options.bind, options.control_port),
+        ("metrics", metrics_app(metrics), options.bind, options.metrics_port),
+    ]
+    transfer = {"transfer": peers.port} if peers is not None else {}
+    asyncio.run(_serve(apps, options.ports_file, transfer))
 
 
-def run_engine(config: EngineConfig, table_dir: Path, bind: str, port: int) -> None:
+def run_engine(
+    config: EngineConfig, table_dir: Path, bind: str, port: int, ports_file: Path | None = None
+) -> None:
     """Publish the table, then serve batches (and the engine API) until SIGTERM."""
     engine = ReferenceEngine(config, table_dir)
-    asyncio.run(_serve([(engine_app(engine), bind, port)]))
+    asyncio.run(_serve([("engine", engine_app(engine), bind, port)], ports_file))

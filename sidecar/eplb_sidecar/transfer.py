@@ -41,9 +41,9 @@ class PeerGroups:
 
     def __init__(self, host: str, port: int, backend: Backend = "gloo") -> None:
         self.backend = backend
-        self.port = port
         # The store server lives as long as the sidecar; sessions use key prefixes in it.
         self._server = TCPStore(host, port, is_master=True, wait_for_workers=False, use_libuv=True)
+        self.port = int(self._server.port)  # the bound one, when port was 0
         self._session: _Session | None = None
         self._poisoned: set[str] = set()
         self._lock = threading.Lock()

@@ -49,14 +49,18 @@ def with_spec(**changes: Any) -> dict[str, Any]:
 
 
 def test_committed_crd_is_generated_from_the_models() -> None:
+    chart = REPO / "charts" / "eplb-operator"
     check = subprocess.run(
-        [sys.executable, "-m", "eplb_operator.api.crd", "--check", "--dir", str(REPO / "crds")],
+        [sys.executable, "-m", "eplb_operator.api.crd", "--check", "--dir", str(REPO / "crds"),
+         "--chart", str(chart)],
         capture_output=True,
         text=True,
         check=False,
-    )
+    )  # fmt: skip
     assert check.returncode == 0, check.stderr
     assert (REPO / "crds" / crd.CRD_FILE).read_text() == crd.render()
+    chart_copy = chart / "templates" / "crds" / crd.CRD_FILE
+    assert chart_copy.read_text() == crd.render_chart_template()
 
 
 def test_crd_shape_follows_api_conventions() -> None:

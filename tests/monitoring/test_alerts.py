@@ -20,7 +20,7 @@ import yaml
 from eplb_sidecar.metric_names import exported_series_names
 
 REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "monitoring" / "alerts.yaml"
+RULES = REPO / "charts" / "eplb-operator" / "files" / "alerts.yaml"
 
 
 @pytest.fixture(scope="module")

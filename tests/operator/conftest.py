@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -19,7 +21,7 @@ from eplb_operator.sandbox.prometheus import LocalPrometheus, Target
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.launch import LocalGroup
+from eplb_sidecar.launch import LocalGroup, LocalPod
 from tests.cluster.conftest import XPL, Api
 from tests.sidecar.conftest import assert_slots_hold_their_experts
 
@@ -93,6 +95,39 @@ def spec(**changes: Any) -> dict[str, Any]:
     body.update(changes)
     return {"apiVersion": "eplb.io/v1alpha1", "kind": "ExpertPlacement",
             "metadata": {"name": APP}, "spec": body}  # fmt: skip
+
+
+def mapping_json(phy2log: torch.Tensor) -> str:
+    """The value `eplb plan` writes into its ConfigMap."""
+    return json.dumps({"schema": "eplb.io/placement-v1", "layers": CONFIG.layers,
+                       "experts": CONFIG.experts, "phy2log": phy2log.tolist()})  # fmt: skip
+
+
+def apply_offline(world: World, target: torch.Tensor, **changes: object) -> None:
+    world.api.post(
+        f"/api/v1/namespaces/{NAMESPACE}/configmaps",
+        {"metadata": {"name": "moe-mapping"}, "data": {"placement.json": mapping_json(target)}},
+    )
+    body = spec(offline={"configMapRef": {"name": "moe-mapping"}}, **changes)
+    assert world.api.post(XPL, body).code == 201
+
+
+def serves(world: World, target: torch.Tensor) -> bool:
+    return all(torch.equal(table.routing, target) for table in world.tables())
+
+
+def restart_when_dead(world: World, pod: LocalPod, after: float = 1.0) -> threading.Thread:
+    """What the kubelet does for a crashed container: start it again (without the fault)."""
+
+    def supervise() -> None:
+        assert pod.sidecar is not None
+        pod.sidecar.wait()
+        time.sleep(after)
+        world.group.start_sidecar(pod)
+
+    thread = threading.Thread(target=supervise, daemon=True)
+    thread.start()
+    return thread
 
 
 def assert_invariants(world: World, expected_probe: torch.Tensor) -> None:

@@ -20,7 +20,17 @@ from eplb_sidecar.engine.reference import identity_placement
 from eplb_sidecar.launch import LocalPod, free_port
 from tests.cluster.conftest import XPL
 
-from .conftest import APP, CONFIG, NAMESPACE, World, assert_invariants, spec
+from .conftest import (
+    APP,
+    CONFIG,
+    NAMESPACE,
+    World,
+    apply_offline,
+    assert_invariants,
+    restart_when_dead,
+    serves,
+    spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,39 +40,6 @@ TOPOLOGY = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
 def offline_target() -> torch.Tensor:
     load = zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=3)
     return plan(load, TOPOLOGY, previous=identity_placement(CONFIG)).placement
-
-
-def apply_offline(world: World, target: torch.Tensor, **changes: object) -> None:
-    mapping = {
-        "schema": "eplb.io/placement-v1",
-        "layers": CONFIG.layers,
-        "experts": CONFIG.experts,
-        "phy2log": target.tolist(),
-    }
-    world.api.post(
-        f"/api/v1/namespaces/{NAMESPACE}/configmaps",
-        {"metadata": {"name": "moe-mapping"}, "data": {"placement.json": json.dumps(mapping)}},
-    )
-    body = spec(offline={"configMapRef": {"name": "moe-mapping"}}, **changes)
-    assert world.api.post(XPL, body).code == 201
-
-
-def serves(world: World, target: torch.Tensor) -> bool:
-    return all(torch.equal(table.routing, target) for table in world.tables())
-
-
-def restart_when_dead(world: World, pod: LocalPod, after: float = 1.0) -> threading.Thread:
-    """What the kubelet does for a crashed container: start it again (without the fault)."""
-
-    def supervise() -> None:
-        assert pod.sidecar is not None
-        pod.sidecar.wait()
-        time.sleep(after)
-        world.group.start_sidecar(pod)
-
-    thread = threading.Thread(target=supervise, daemon=True)
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ import kmock
 
 from eplb_operator.api.validation import apply_defaults, openapi_schema, validate
 from eplb_operator.cluster import selectors, tables
+from eplb_operator.cluster.access import Access, access_of
 
 _VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 _NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?/?$")
@@ -145,6 +146,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     _types: dict[tuple[str, str, str], ResourceType] = attrs.field(factory=dict, init=False)
     _resource_version: int = attrs.field(default=0, init=False)
+    # (User-Agent, permission) of every request (RBAC is derived from it in tests).
+    accesses: set[tuple[str, Access]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -175,6 +178,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     # -- dispatch ----------------------------------------------------------------------------
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        access = access_of(raw_request.method, raw_request.path, dict(raw_request.query))
+        if access is not None:
+            self.accesses.add((raw_request.headers.get("User-Agent", ""), access))
         # KMock reads /api/v1/namespaces[/{name}] as a namespace prefix and fails: parse it here.
         match = _NAMESPACES_PATH.match(raw_request.path)
         if match is None:

@@ -17,9 +17,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 __all__ = ["ApiException"]
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from eplb_operator import __version__
 from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+USER_AGENT = f"eplb-operator/{__version__}"
 REVISION_LABEL = "eplb.io/placement"
 
 
@@ -32,7 +34,9 @@ async def api_client() -> client.ApiClient:
         await config.load_kube_config(
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
         )
-    return client.ApiClient(configuration=configuration)
+    api = client.ApiClient(configuration=configuration)
+    api.user_agent = USER_AGENT  # names the operator in API audit logs
+    return api
 
 
 def _plain(api: client.ApiClient, obj: Any) -> dict[str, Any]:

@@ -220,7 +220,10 @@ class Rollout:
         if share.with_group:
             members = self.groups[share.pod.group]
             transfer = TransferGroup(
-                session=f"{self.nonce}-r{self.revision}-b{index}-g{share.pod.group}",
+                # One process group per rollout and EP group, reused by every batch: every
+                # pod of a group takes part in each batch that changes the group (all pods
+                # hold the whole routing table), and a failed batch ends the rollout.
+                session=f"{self.nonce}-r{self.revision}-g{share.pod.group}",
                 store=members[min(members)].store,
                 ranks=sorted(members),
             )

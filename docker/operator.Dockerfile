@@ -1,0 +1,22 @@
+# The operator: kopf + the placement engine (CPU torch).  Build from the repository root:
+#   docker build -f docker/operator.Dockerfile -t eplb-operator .
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY sidecar/ sidecar/
+# CPU-only torch: the operator plans placements, it never touches a GPU.
+RUN python -m venv /opt/eplb \
+ && /opt/eplb/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && /opt/eplb/bin/pip install .
+
+FROM ${PYTHON_IMAGE}
+COPY --from=build /opt/eplb /opt/eplb
+ENV PATH=/opt/eplb/bin:$PATH PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["kopf"]
+CMD ["run", "--standalone", "--all-namespaces", "--module=eplb_operator.controller.handlers"]

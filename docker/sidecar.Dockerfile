@@ -1,0 +1,23 @@
+# The sidecar: exporter, control API and weight shuffles (CUDA torch: CUDA IPC and NCCL).
+# Build from the repository root:
+#   docker build -f docker/sidecar.Dockerfile -t eplb-sidecar .
+ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY sidecar/ sidecar/
+# PyPI's torch wheels carry the CUDA runtime and NCCL; the node supplies the driver.
+RUN python -m venv /opt/eplb \
+ && /opt/eplb/bin/pip install "torch==2.13.0" \
+ && /opt/eplb/bin/pip install .
+
+FROM ${PYTHON_IMAGE}
+COPY --from=build /opt/eplb /opt/eplb
+ENV PATH=/opt/eplb/bin:$PATH PYTHONUNBUFFERED=1
+USER 65532:65532
+EXPOSE 8470 9470 29470
+ENTRYPOINT ["eplb-sidecar"]
+CMD ["serve", "--table-dir=/dev/shm/eplb", "--token-file=/var/run/eplb/token/token"]

@@ -1,0 +1,198 @@
+"""The Helm chart, with the real helm 4 and kubectl binaries: lint, render, validate, RBAC."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from eplb_operator.cluster.tools import binaries
+from tests.conftest import REPO
+
+CHART = REPO / "charts" / "eplb-operator"
+K8S_VERSION = "1.37"
+NON_DEFAULT = [
+    "--set", "metrics.serviceMonitor.enabled=true",
+    "--set", "metrics.podMonitor.enabled=true",
+    "--set", "metrics.prometheusRule.enabled=true",
+    "--set", "networkPolicy.enabled=true",
+    "--set", "networkPolicy.groups={replica-0,replica-1}",
+    "--set", "networkPolicy.namespaces={serving}",
+    "--set", "operator.watchNamespace=serving",
+    "--set", "sidecar.token.value=s3cret",
+    "--set", "sidecar.token.namespaces={serving}",
+    "--set", "crds.keep=false",
+    "--set", "sidecar.checkpointPath=/models/deepseek-v3",
+]  # fmt: skip
+PROMETHEUS_OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+
+
+def helm(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binaries()["helm"]), *args[:1], *(["release", str(chart)] if args[0] == "template"
+                                                 else [str(chart)]), *args[1:]],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def render(*values: str, chart: Path = CHART) -> list[dict[str, Any]]:
+    done = helm("template", "--namespace", "eplb-system", *values, chart=chart)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
+def test_the_chart_lints(values: list[str]) -> None:
+    done = helm("lint", "--strict", *values)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
+def test_every_rendered_object_is_valid(values: list[str], tmp_path: Path) -> None:
+    docs = render(*values)
+    for doc in docs:
+        if doc["kind"] in PROMETHEUS_OPERATOR_KINDS:
+            continue  # no schema bundled for them: checked one by one below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    kinds = {doc["kind"] for doc in docs}
+    assert {"Deployment", "ServiceAccount", "Secret", "Service",
+            "CustomResourceDefinition"} <= kinds  # fmt: skip
+    if values:
+        assert PROMETHEUS_OPERATOR_KINDS | {"NetworkPolicy", "Role", "RoleBinding"} <= kinds
+        rule = by_kind(docs, "PrometheusRule")[0]
+        rules_file = tmp_path / "rules.yaml"
+        rules_file.write_text(yaml.safe_dump(rule["spec"]))
+        promtool = shutil.which("promtool")
+        assert promtool is not None, "promtool missing: scripts/setup.sh installs it"
+        checked = subprocess.run([promtool, "check", "rules", str(rules_file)],
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        pod_monitor = by_kind(docs, "PodMonitor")[0]["spec"]
+        assert pod_monitor["selector"]["matchLabels"] == {"eplb.io/sidecar": "true"}
+        assert pod_monitor["podMetricsEndpoints"][0]["port"] == "eplb-metrics"
+        assert pod_monitor["sampleLimit"] > 0
+        service_monitor = by_kind(docs, "ServiceMonitor")[0]["spec"]
+        service = by_kind(docs, "Service")[0]
+        assert service_monitor["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+        assert service_monitor["selector"]["matchLabels"].items() <= (
+            service["metadata"]["labels"].items()
+        )
+    else:
+        assert not kinds & PROMETHEUS_OPERATOR_KINDS  # off without prometheus-operator
+
+
+def test_bad_values_are_refused_with_the_field_named() -> None:
+    for setting, fragment in (("operator.recheckSeconds=0", "recheckSeconds"),
+                              ("sidecar.controlPort=70000", "controlPort"),
+                              ("unknownKey=1", "unknownKey")):  # fmt: skip
+        done = helm("template", "--set", setting)
+        assert done.returncode != 0 and fragment in done.stderr, done.stderr
+
+
+def test_one_operator_replica_recreated_hardened_and_probed() -> None:
+    deployment = by_kind(render(), "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] and context["runAsNonRoot"]
+        assert not context["allowPrivilegeEscalation"]
+        assert container["livenessProbe"] and container["readinessProbe"]
+        assert "--all-namespaces" in container["args"]
+
+
+def test_crds_are_installed_kept_or_left_out() -> None:
+    crd = by_kind(render(), "CustomResourceDefinition")[0]
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    unkept = by_kind(render("--set", "crds.keep=false"), "CustomResourceDefinition")[0]
+    assert "annotations" not in unkept["metadata"]
+    assert by_kind(render("--set", "crds.install=false"), "CustomResourceDefinition") == []
+    generated = yaml.safe_load((REPO / "crds" / "expertplacements.eplb.io.yaml").read_text())
+    assert crd["spec"] == generated["spec"]
+
+
+def test_the_token_secret_exists_in_every_serving_namespace() -> None:
+    secrets = by_kind(render(*NON_DEFAULT), "Secret")
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["eplb-system", "serving"]
+    assert len({s["data"]["token"] for s in secrets}) == 1
+
+
+def test_the_sidecar_injects_into_a_serving_chart(tmp_path: Path) -> None:
+    serving = tmp_path / "vllm-ep"
+    (serving / "templates").mkdir(parents=True)
+    (serving / "charts").mkdir()
+    shutil.copytree(CHART, serving / "charts" / "eplb-operator")
+    (serving / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: vllm-ep\nversion: 0.1.0\n"
+        "dependencies:\n  - name: eplb-operator\n    version: 0.1.0\n"
+    )
+    (serving / "values.yaml").write_text(
+        "eplb-operator:\n  sidecar:\n    checkpointPath: /models\n"
+    )
+    # A serving StatefulSet as users write it, with the chart's named templates included.
+    (serving / "templates" / "statefulset.yaml").write_text(
+        """apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: vllm-ep
+spec:
+  serviceName: vllm-ep
+  replicas: 4
+  selector:
+    matchLabels: {app: vllm-ep}
+  template:
+    metadata:
+      labels:
+        app: vllm-ep
+        {{- include "eplb-operator.sidecar.podLabels" (dict "group" "replica-0" "rank" "0") | nindent 8 }}
+    spec:
+      containers:
+        - name: vllm
+          image: vllm/vllm-openai:v0.11.0
+          volumeMounts:
+            {{- include "eplb-operator.sidecar.engineVolumeMounts" (index .Subcharts "eplb-operator") | nindent 12 }}
+        {{- include "eplb-operator.sidecar.container" (index .Subcharts "eplb-operator") | nindent 8 }}
+      volumes:
+        {{- include "eplb-operator.sidecar.volumes" (index .Subcharts "eplb-operator") | nindent 8 }}
+"""
+    )
+    docs = render(chart=serving)
+    statefulset = by_kind(docs, "StatefulSet")[0]
+    kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
+    pod = statefulset["spec"]["template"]
+    assert pod["metadata"]["labels"]["eplb.io/sidecar"] == "true"
+    sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "eplb-sidecar")
+    assert "--checkpoint=/models" in sidecar["args"]
+    engine = next(c for c in pod["spec"]["containers"] if c["name"] == "vllm")
+    table = next(v for v in pod["spec"]["volumes"] if v["name"] == "eplb-table")
+    assert table["emptyDir"]["medium"] == "Memory"
+    assert {m["name"] for m in engine["volumeMounts"]} == {"eplb-table"}
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"]
+
+
+@pytest.mark.parametrize("dockerfile", sorted((REPO / "docker").glob("*.Dockerfile")), ids=str)
+def test_dockerfiles_are_multi_stage_pinned_non_root_and_copy_what_exists(
+    dockerfile: Path,
+) -> None:
+    text = dockerfile.read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert base is not None and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base.group(1))
+    user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
+    assert user and not user[-1].startswith(("0", "root"))
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE):
+        *sources, _ = line.split()
+        for source in sources:
+            assert (REPO / source).exists(), f"{dockerfile.name} copies {source}, which is missing"
