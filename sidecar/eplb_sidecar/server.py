@@ -53,20 +53,19 @@ TOKEN_KEY = web.AppKey("token", TokenFile)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
 
 
-async def inject_fault(phase: str, when: str) -> None:
+async def inject_fault(phase: str) -> None:
     """Chaos testing (the demo's and tests' ``--fault``): ``EPLB_SIDECAR_FAULT`` names one.
 
     ``exit-at-prepare``, ``exit-at-commit``: the process dies on receiving the call
-    (SIGKILL-like: no cleanup, no answer); ``exit-after-prepare``: it answers the prepare,
-    then dies (before the commit); ``delay-prepare=SECONDS``: every prepare first waits that
-    long (a slow pod).  Unset in production.
+    (SIGKILL-like: no cleanup, no answer); ``exit-after-prepare``: it sends its whole answer
+    to a prepare, then dies (see :func:`_run`), so the operator's commit finds it gone;
+    ``delay-prepare=SECONDS``: every prepare first waits that long (a slow pod).  Unset in
+    production.
     """
     fault = os.environ.get(FAULT_ENV, "")
-    if fault == f"exit-{when}-{phase}":
-        if when == "at":
-            os._exit(137)
-        asyncio.get_running_loop().call_later(0.2, os._exit, 137)  # once the answer is out
-    if when == "at" and fault.startswith(f"delay-{phase}="):
+    if fault == f"exit-at-{phase}":
+        os._exit(137)
+    if fault.startswith(f"delay-{phase}="):
         await asyncio.sleep(float(fault.split("=", 1)[1]))
 
 
@@ -103,7 +102,7 @@ async def _parse(request: web.Request, model: type[RequestModel]) -> RequestMode
 
 async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web.Response:
     """Run one state-changing call: serialized, in a thread, counted and timed."""
-    await inject_fault(phase, "at")
+    await inject_fault(phase)
     metrics = request.app[METRICS_KEY]
     started = time.monotonic()
     try:
@@ -112,7 +111,6 @@ async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web
     except RefusedError as refused:
         metrics.shuffles.labels(phase=phase, result="failure").inc()
         return problem(refused.status, refused.reason, refused.message)
-    await inject_fault(phase, "after")
     metrics.shuffles.labels(phase=phase, result="success").inc()
     metrics.duration.labels(phase=phase).observe(time.monotonic() - started)
     if phase == "commit":
@@ -121,7 +119,12 @@ async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web
                 metrics.bytes.labels(source="local").inc(layer.bytes_local)
                 metrics.bytes.labels(source="peer").inc(layer.bytes_peer)
                 metrics.bytes.labels(source="checkpoint").inc(layer.bytes_checkpoint)
-    return web.json_response(result.model_dump())
+    response = web.json_response(result.model_dump())
+    if os.environ.get(FAULT_ENV, "") == f"exit-after-{phase}":
+        await response.prepare(request)  # the caller gets the whole answer, then we die
+        await response.write_eof()
+        os._exit(137)
+    return response
 
 
 async def info(request: web.Request) -> web.Response:

@@ -42,6 +42,7 @@ class World:
     operator: OperatorProcess
     prometheus: LocalPrometheus | None
     started: float  # when every engine was serving
+    others: list[LocalGroup]  # further serving replicas (EP groups), when there are any
 
     def settle(self, seconds: float) -> None:
         """Wait until the engines have served for ``seconds``: a load window that reaches
@@ -65,7 +66,12 @@ class World:
         return list(self.api.get(path).body["items"])
 
     def tables(self) -> list[ExpertTable]:
-        return [ExpertTable.attach(pod.table_dir) for pod in self.group.pods]
+        """Every pod's table, of every serving replica."""
+        return [
+            ExpertTable.attach(pod.table_dir)
+            for replica in [self.group, *self.others]
+            for pod in replica.pods
+        ]
 
     def wait(self, check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
@@ -141,19 +147,27 @@ def assert_invariants(world: World, expected_probe: torch.Tensor) -> None:
     for table in tables:
         assert_slots_hold_their_experts(table, CONFIG.seed)
         assert table.routing.shape == (CONFIG.layers, CONFIG.ranks * CONFIG.slots_per_rank)
-    assert torch.equal(world.group.probe(), expected_probe), "the model's outputs changed"
+    for replica in [world.group, *world.others]:  # the same model, whichever replica serves
+        assert torch.equal(replica.probe(), expected_probe), "the model's outputs changed"
 
 
-def build_world(workdir: Path, with_prometheus: bool) -> Iterator[World]:
+def build_world(workdir: Path, with_prometheus: bool, replicas: int = 1) -> Iterator[World]:
+    """``replicas`` serving replicas (EP groups "0", "1", …) of CONFIG.ranks pods each."""
     write_checkpoint(workdir / "checkpoint", CONFIG)
     with LocalCluster(workdir / "cluster") as cluster:
         api = Api(cluster.url)
         group = LocalGroup(CONFIG, workdir / "pods", checkpoint=workdir / "checkpoint").start()
+        others = [
+            LocalGroup(CONFIG.model_copy(update={"group": str(index)}), workdir / f"pods-{index}",
+                       checkpoint=workdir / "checkpoint", token=group.token).start()
+            for index in range(1, replicas)
+        ]  # fmt: skip
         started = time.monotonic()
         prometheus = None
         operator = OperatorProcess(cluster.kubeconfig, workdir / "operator")
         try:
-            publish_group(cluster.url, NAMESPACE, group, APP)
+            for replica in [group, *others]:
+                publish_group(cluster.url, NAMESPACE, replica, APP)
             publish_token(cluster.url, NAMESPACE, "eplb-sidecar-token", group.token)
             if with_prometheus:
                 targets = [Target(f"127.0.0.1:{p.metrics_port}", NAMESPACE, p.name)
@@ -164,12 +178,13 @@ def build_world(workdir: Path, with_prometheus: bool) -> Iterator[World]:
                     workdir / "prometheus", targets, scrape_interval="250ms"
                 ).start()
             operator.start()
-            yield World(workdir, cluster, api, group, operator, prometheus, started)
+            yield World(workdir, cluster, api, group, operator, prometheus, started, others)
         finally:
             operator.stop()
             if prometheus is not None:
                 prometheus.stop()
-            group.stop()
+            for replica in [group, *others]:
+                replica.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ pinning an old revision rolls back."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,15 @@ from eplb_operator.placement import Topology, plan
 from eplb_operator.workloads import zipf_load
 from eplb_sidecar.engine.reference import identity_placement
 
-from .conftest import APP, CONFIG, World, assert_invariants
+from .conftest import (
+    APP,
+    CONFIG,
+    World,
+    apply_offline,
+    assert_invariants,
+    build_world,
+    serves,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +59,6 @@ def kubectl(world: World, *args: str, stdin: str | None = None) -> str:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def serves(world: World, placement: torch.Tensor) -> bool:
-    return all(torch.equal(table.routing, placement) for table in world.tables())
 
 
 def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
@@ -104,3 +109,23 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
     assert "RolledBack" in {event.get("reason") for event in world.events()}
     assert world.condition("Ready")["status"] == "True"
     assert_invariants(world, expected)
+
+
+@pytest.fixture
+def two_replicas(tmp_path: Path) -> Iterator[World]:
+    yield from build_world(tmp_path, with_prometheus=False, replicas=2)
+
+
+def test_two_serving_replicas_get_the_same_placement_moving_weights_within_each(
+    two_replicas: World,
+) -> None:
+    world = two_replicas
+    expected = world.group.probe()
+    target = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=5), TOPOLOGY,
+                  previous=identity_placement(CONFIG)).placement  # fmt: skip
+    apply_offline(world, target)
+    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "both replicas")
+    assert len(world.tables()) == 2 * CONFIG.ranks
+    assert serves(world, target)
+    assert_invariants(world, expected)
+    assert world.condition("Ready")["status"] == "True"

@@ -138,6 +138,7 @@ class Rollout:
         self.on_batch = on_batch
         self.paused = paused
         self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
+        self.sessions: dict[str, int] = {}  # EP group → session generation
 
     async def run(self) -> RolloutReport:
         started = time.monotonic()
@@ -222,8 +223,12 @@ class Rollout:
             transfer = TransferGroup(
                 # One process group per rollout and EP group, reused by every batch: every
                 # pod of a group takes part in each batch that changes the group (all pods
-                # hold the whole routing table), and a failed batch ends the rollout.
-                session=f"{self.nonce}-r{self.revision}-g{share.pod.group}",
+                # hold the whole routing table), and a failed batch ends the rollout.  A
+                # pod that restarted lost the group: its group then starts a new session.
+                session=(
+                    f"{self.nonce}-r{self.revision}-g{share.pod.group}"
+                    f"-s{self.sessions.get(share.pod.group, 0)}"
+                ),
                 store=members[min(members)].store,
                 ranks=sorted(members),
             )
@@ -272,6 +277,8 @@ class Rollout:
             failed = [s for s, o in zip(pending, outcomes, strict=True) if o is not True]
             pending = []
             for share in failed:
+                group = share.pod.group
+                self.sessions[group] = self.sessions.get(group, 0) + 1
                 if not await self.pod_alive(share.pod):
                     report.dropped_pods.append(share.pod.name)  # re-synced when it returns
                     continue
