@@ -81,6 +81,12 @@ class Result(BaseModel):
     revision: int
     layers: list[LayerResult]
     seconds: float
+    transfer_seconds: float = Field(
+        default=0.0, description="Of which the peer exchange (prepare only)."
+    )
+    stall_seconds: float = Field(
+        default=0.0, description="How long the engine was held at its step boundary (commit)."
+    )
 
 
 class Problem(BaseModel):

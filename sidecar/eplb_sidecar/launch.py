@@ -80,6 +80,8 @@ class LocalGroup:
         token: str | None = None,
         step_interval: float | None = None,
         serve_engines: bool = True,
+        devices: list[str] | None = None,
+        backend: str = "gloo",
     ) -> None:
         self.config = config
         self.workdir = workdir
@@ -89,6 +91,9 @@ class LocalGroup:
         # False: the tables are published by this process and nothing serves tokens (for
         # control-plane benchmarks with many pods: half the processes).
         self.serve_engines = serve_engines
+        # Per-rank device (e.g. one GPU each: cuda:0, cuda:1); default config.device.
+        self.devices = devices or [config.device] * config.ranks
+        self.backend = backend
         if step_interval is not None:
             config.workload.step_interval = step_interval
         self.pods = [
@@ -124,7 +129,9 @@ class LocalGroup:
             if self.serve_engines:
                 self.start_engine(pod)
             else:
-                rank_config = self.config.model_copy(update={"rank": pod.rank})
+                rank_config = self.config.model_copy(
+                    update={"rank": pod.rank, "device": self.devices[pod.rank]}
+                )
                 ReferenceEngine(rank_config, pod.table_dir).table.close()
             self.start_sidecar(pod)
         try:
@@ -143,7 +150,7 @@ class LocalGroup:
             "--layers", str(config.layers), "--experts", str(config.experts),
             "--slots-per-rank", str(config.slots_per_rank), "--hidden", str(config.hidden),
             "--intermediate", str(config.intermediate), "--top-k", str(config.top_k),
-            "--dtype", config.dtype, "--device", config.device, "--seed", str(config.seed),
+            "--dtype", config.dtype, "--device", self.devices[pod.rank], "--seed", str(config.seed),
             "--skew", str(workload.skew), "--tokens-per-step", str(workload.tokens_per_step),
             "--step-interval", str(workload.step_interval), "--port", "0",
             "--ports-file", str(self._ports_file(pod, "engine")),
@@ -160,7 +167,7 @@ class LocalGroup:
             # A restarted container keeps its pod's ports (the Pod object names them).
             "--control-port", str(pod.control_port), "--metrics-port", str(pod.metrics_port),
             "--transfer-port", str(pod.transfer_port),
-            "--ports-file", str(self._ports_file(pod, "sidecar")),
+            "--ports-file", str(self._ports_file(pod, "sidecar")), "--backend", self.backend,
         ]  # fmt: skip
         if self.checkpoint is not None:
             args += ["--checkpoint", str(self.checkpoint)]

@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from aiohttp import web
 
 from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE, CheckpointReader
@@ -75,6 +76,9 @@ def run_sidecar(options: SidecarOptions) -> None:
     if not options.token_file.is_file():
         raise SystemExit(f"eplb-sidecar: token file {options.token_file} does not exist")
     table = ExpertTable.attach(options.table_dir, timeout=options.wait_seconds)
+    device = torch.device(table.layout.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL and staging use the engine's GPU
     peers = (
         PeerGroups(options.bind, options.transfer_port, options.backend)
         if options.peer_transfers

@@ -82,10 +82,12 @@ class ShuffleExecutor:
         self.checkpoint = checkpoint
         self.staged: dict[int, StagedLayer] = {}
         layout = table.layout
-        self._transfer_device = torch.device("cuda" if peers and peers.backend == "nccl" else "cpu")
+        nccl = peers is not None and peers.backend == "nccl"
+        self._transfer_device = torch.device(layout.device if nccl else "cpu")
         self._specs = layout.weights
         self.bytes_moved: dict[str, int] = {"local": 0, "peer": 0, "checkpoint": 0}
         self.last_stall_seconds = 0.0  # the engine was held this long by the last commit
+        self.last_transfer_seconds = 0.0  # the last prepare's peer exchange took this long
 
     # -- info ----------------------------------------------------------------------------
     def info(self, with_placement: bool = False) -> Info:
@@ -112,6 +114,8 @@ class ShuffleExecutor:
     # -- prepare -------------------------------------------------------------------------
     def prepare(self, request: PrepareRequest) -> Result:
         started = time.monotonic()
+        self.last_transfer_seconds = 0.0
+        self._use_engine_device()
         layout = self.table.layout
         layer_ids = sorted(request.layers)
         self._check_layers(layer_ids)
@@ -148,6 +152,7 @@ class ShuffleExecutor:
             revision=request.revision,
             layers=[results[layer] for layer in layer_ids],
             seconds=time.monotonic() - started,
+            transfer_seconds=self.last_transfer_seconds,
         )
 
     def _participants(self, request: PrepareRequest) -> list[int]:
@@ -274,35 +279,39 @@ class ShuffleExecutor:
     def _fetch_from_peers(
         self, session: object, fetches: list[Fetch], staged: dict[int, StagedLayer]
     ) -> None:
-        """Send what peers lack from this rank's slots; receive what this rank lacks."""
+        """Send what peers lack from this rank's slots; receive what this rank lacks.
+
+        One message per (expert, weight tensor), straight from the slot and straight into
+        its staging buffer: no gather copy on either side when the transport is the
+        weights' own device (NCCL on GPU, gloo on CPU).
+        """
         rank = self.table.layout.rank
+        device = self._transfer_device
+        target = torch.device(self.table.layout.device)
         outgoing: dict[int, list[torch.Tensor]] = {}
         incoming: dict[int, list[torch.Tensor]] = {}
-        received: dict[int, list[Fetch]] = {}
-        device = self._transfer_device
-        for peer in sorted({f.dst_rank for f in fetches if f.src_rank == rank}):
-            sent = [f for f in fetches if f.src_rank == rank and f.dst_rank == peer]
-            outgoing[peer] = [
-                torch.stack([self.table.weights[spec.name][f.layer, f.src_slot] for f in sent])
-                .to(device)
-                .contiguous()
-                for spec in self._specs
-            ]
-        for peer in sorted({f.src_rank for f in fetches if f.dst_rank == rank} - {CHECKPOINT}):
-            got = [f for f in fetches if f.dst_rank == rank and f.src_rank == peer]
-            received[peer] = got
-            incoming[peer] = [
-                torch.empty((len(got), *spec.shape), dtype=spec.torch_dtype, device=device)
-                for spec in self._specs
-            ]
-        exchange(session, rank, outgoing, incoming)  # type: ignore[arg-type]
-        target = self.table.layout.device
-        for peer, got in received.items():
-            for index, fetch in enumerate(got):
-                staged[fetch.layer].fetched[fetch.expert] = {
-                    spec.name: buffers[index].to(target)
-                    for spec, buffers in zip(self._specs, incoming[peer], strict=False)
+        for fetch in fetches:  # one global order: both ends list a pair's messages alike
+            if fetch.src_rank == rank:
+                outgoing.setdefault(fetch.dst_rank, []).extend(
+                    self.table.weights[spec.name][fetch.layer, fetch.src_slot].to(device)
+                    for spec in self._specs
+                )
+            elif fetch.dst_rank == rank and fetch.src_rank != CHECKPOINT:
+                buffers = {
+                    spec.name: torch.empty(spec.shape, dtype=spec.torch_dtype, device=device)
+                    for spec in self._specs
                 }
+                incoming.setdefault(fetch.src_rank, []).extend(buffers.values())
+                staged[fetch.layer].fetched[fetch.expert] = buffers
+        started = time.perf_counter()
+        exchange(session, rank, outgoing, incoming)  # type: ignore[arg-type]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.last_transfer_seconds = time.perf_counter() - started
+        if device != target:  # gloo with GPU weights: staged in host memory, moved once
+            for layer in staged.values():
+                for expert, weights in layer.fetched.items():
+                    layer.fetched[expert] = {n: w.to(target) for n, w in weights.items()}
 
     def _layer_result(self, layer: int, staged: StagedLayer, mine: list[Fetch]) -> LayerResult:
         expert_bytes = self.table.layout.expert_nbytes
@@ -324,6 +333,7 @@ class ShuffleExecutor:
     # -- commit --------------------------------------------------------------------------
     def commit(self, request: CommitRequest) -> Result:
         started = time.monotonic()
+        self._use_engine_device()
         layers = sorted(set(request.layers))
         self._check_layers(layers)
         results: dict[int, LayerResult] = {}
@@ -341,6 +351,7 @@ class ShuffleExecutor:
                     "NotPrepared",
                     f"layer {layer}: revision {request.revision} was not prepared here ({what})",
                 )
+        self.last_stall_seconds = 0.0
         if to_apply:
             try:
                 with self.table.commit_window(request.timeout_seconds):
@@ -363,6 +374,7 @@ class ShuffleExecutor:
             revision=request.revision,
             layers=[results[layer] for layer in layers],
             seconds=time.monotonic() - started,
+            stall_seconds=self.last_stall_seconds,
         )
 
     def _copy_views(
@@ -413,6 +425,12 @@ class ShuffleExecutor:
             outcome = "aborted" if dropped is not None else "nothing-staged"
             results.append(LayerResult(layer=layer, outcome=outcome))
         return Result(revision=request.revision, layers=results, seconds=time.monotonic() - started)
+
+    def _use_engine_device(self) -> None:
+        """Calls run in worker threads, whose current CUDA device is the default one."""
+        device = torch.device(self.table.layout.device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
 
     def _check_layers(self, layers: list[int]) -> None:
         num_layers = self.table.layout.layers

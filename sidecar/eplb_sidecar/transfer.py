@@ -106,8 +106,9 @@ def agree(
     size = len(session.index_of_rank)
     mine = torch.tensor([fingerprint, int(ready)], dtype=torch.int64)
     gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(size)]
-    if session.group.name() == "nccl":
-        mine, gathered = mine.cuda(), [g.cuda() for g in gathered]
+    if session.group.name() == "nccl":  # NCCL gathers on this process's current GPU
+        device = torch.device("cuda", torch.cuda.current_device())
+        mine, gathered = mine.to(device), [g.to(device) for g in gathered]
     try:
         session.group.allgather([gathered], [mine]).wait()
     except Exception as error:
@@ -129,19 +130,21 @@ def exchange(
     Tensors must be on the backend's device (CPU for gloo, CUDA for NCCL).
     """
     works = []
+    group = session.group
+    # NCCL: post every send and receive as one group, so both directions of a pair move at
+    # once (one after the other they would halve the bandwidth); gloo is asynchronous anyway.
+    grouped = group.name() == "nccl" and hasattr(group, "_group_start")
     try:
+        if grouped:
+            group._group_start()
         for peer in sorted(set(outgoing) | set(incoming)):
             index = session.index_of_rank[peer]
-            sends = [
-                (session.group.send, [t], index, tag)
-                for tag, t in enumerate(outgoing.get(peer, []))
-            ]
-            recvs = [
-                (session.group.recv, [t], index, tag)
-                for tag, t in enumerate(incoming.get(peer, []))
-            ]
+            sends = [(group.send, [t], index, tag) for tag, t in enumerate(outgoing.get(peer, []))]
+            recvs = [(group.recv, [t], index, tag) for tag, t in enumerate(incoming.get(peer, []))]
             for post, tensors, peer_index, tag in sends + recvs if rank < peer else recvs + sends:
                 works.append(post(tensors, peer_index, tag))
+        if grouped:
+            group._group_end()
         for work in works:
             work.wait()
     except Exception as error:
