@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
+from eplb_operator.sandbox.pods import local_endpoints
 from eplb_sidecar.api import CommitRequest, PrepareRequest, TransferGroup
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
@@ -91,16 +92,6 @@ def plain_nccl_seconds(world: int, nbytes: int, reps: int) -> float:
             _plain_nccl, args=(world, nbytes, reps, port, out), nprocs=world, join=True
         )
         return float(out.read_text())
-
-
-def endpoints(group: LocalGroup) -> dict[str, dict[int, PodEndpoint]]:
-    return {
-        group.config.group: {
-            pod.rank: PodEndpoint(pod.name, pod.name, group.config.group, pod.rank, "127.0.0.1",
-                                  pod.control_port, pod.metrics_port, pod.transfer_port)
-            for pod in group.pods
-        }
-    }  # fmt: skip
 
 
 def check_every_slot(group: LocalGroup, config: EngineConfig, target: torch.Tensor) -> int:
@@ -199,7 +190,7 @@ def main() -> None:
                 clients = connect()
                 by_name = {pod.name: c for pod, c in zip(group.pods, clients, strict=True)}
                 run = Rollout(
-                    endpoints(group), by_name, args.reps + 10, targets,
+                    local_endpoints(group), by_name, args.reps + 10, targets,
                     RolloutOptions(layers_per_step=args.layers_per_step, barrier_timeout=120,
                                    progress_deadline=1800),
                     pod_alive=alive,

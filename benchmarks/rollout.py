@@ -31,6 +31,7 @@ from benchmarks.report import machine, table
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
 from eplb_operator.placement import Topology, plan
+from eplb_operator.sandbox.pods import local_endpoints
 from eplb_operator.workloads import zipf_load
 from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.client import SidecarClient
@@ -41,16 +42,6 @@ from eplb_sidecar.engine.weights import expert_weights
 from eplb_sidecar.launch import LocalGroup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.md"
-
-
-def endpoints(group: LocalGroup) -> dict[str, dict[int, PodEndpoint]]:
-    return {
-        group.config.group: {
-            pod.rank: PodEndpoint(pod.name, pod.name, group.config.group, pod.rank, "127.0.0.1",
-                                  pod.control_port, pod.metrics_port, pod.transfer_port)
-            for pod in group.pods
-        }
-    }  # fmt: skip
 
 
 def barrier_rounds(sidecars: int, rounds: int) -> tuple[float, float, float]:
@@ -93,7 +84,7 @@ def full_rollout(pods: int, layers: int, layers_per_step: int) -> dict[str, floa
     with tempfile.TemporaryDirectory() as workdir:
         group = LocalGroup(config, Path(workdir), serve_engines=False)
         with group:
-            groups = endpoints(group)
+            groups = local_endpoints(group)
 
             async def alive(pod: PodEndpoint) -> bool:
                 return True

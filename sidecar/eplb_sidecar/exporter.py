@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -89,22 +89,6 @@ class SidecarMetrics:
     def __init__(self, table: ExpertTable) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(TableCollector(table))
-        self.shuffles = Counter(
-            names.SHUFFLES.name.removesuffix("_total"),
-            names.SHUFFLES.help,
-            list(names.SHUFFLES.labels),
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            names.SHUFFLE_DURATION.name,
-            names.SHUFFLE_DURATION.help,
-            list(names.SHUFFLE_DURATION.labels),
-            buckets=SHUFFLE_BUCKETS,
-            registry=self.registry,
-        )
-        self.bytes = Counter(
-            names.SHUFFLE_BYTES.name.removesuffix("_total"),
-            names.SHUFFLE_BYTES.help,
-            list(names.SHUFFLE_BYTES.labels),
-            registry=self.registry,
-        )
+        self.shuffles = names.instrument(names.SHUFFLES, self.registry)
+        self.duration = names.instrument(names.SHUFFLE_DURATION, self.registry, SHUFFLE_BUCKETS)
+        self.bytes = names.instrument(names.SHUFFLE_BYTES, self.registry)

@@ -29,6 +29,19 @@ from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
 from eplb_sidecar.engine.reference import ReferenceEngine
 
 
+def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -210,16 +223,7 @@ class LocalGroup:
             process.wait(10)
 
     def stop(self) -> None:
-        processes = [p for pod in self.pods for p in (pod.sidecar, pod.engine) if p is not None]
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_processes([p for pod in self.pods for p in (pod.sidecar, pod.engine) if p is not None])
 
     def __enter__(self) -> LocalGroup:
         return self.start()

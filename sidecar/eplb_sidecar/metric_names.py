@@ -8,8 +8,11 @@ sidecar's token counters is layers × local slots per pod.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -144,3 +147,13 @@ def exported_series_names() -> set[str]:
         else:
             names.add(metric.name)
     return names
+
+
+def instrument(metric: Metric, registry: CollectorRegistry, buckets: Sequence[float] = ()) -> Any:
+    """A prometheus_client metric for one row of the table (histograms use ``buckets``)."""
+    labels = list(metric.labels)
+    if metric.type == "counter":  # prometheus_client appends _total itself
+        return Counter(metric.name.removesuffix("_total"), metric.help, labels, registry=registry)
+    if metric.type == "histogram":
+        return Histogram(metric.name, metric.help, labels, buckets=buckets, registry=registry)
+    return Gauge(metric.name, metric.help, labels, registry=registry)

@@ -132,28 +132,19 @@ async def info(request: web.Request) -> web.Response:
     return web.json_response(request.app[EXECUTOR_KEY].info(with_placement).model_dump())
 
 
-async def prepare(request: web.Request) -> web.Response:
-    try:
-        body = await _parse(request, PrepareRequest)
-    except RefusedError as refused:
-        return problem(refused.status, refused.reason, refused.message)
-    return await _run(request, "prepare", lambda: request.app[EXECUTOR_KEY].prepare(body))
+def state_change(
+    phase: str, model: type[RequestModel], call: Callable[[ShuffleExecutor, Any], Any]
+) -> Handler:
+    """The handler of ``POST /v1/<phase>``: parse ``model``, then run ``call`` (see _run)."""
 
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await _parse(request, model)
+        except RefusedError as refused:
+            return problem(refused.status, refused.reason, refused.message)
+        return await _run(request, phase, lambda: call(request.app[EXECUTOR_KEY], body))
 
-async def commit(request: web.Request) -> web.Response:
-    try:
-        body = await _parse(request, CommitRequest)
-    except RefusedError as refused:
-        return problem(refused.status, refused.reason, refused.message)
-    return await _run(request, "commit", lambda: request.app[EXECUTOR_KEY].commit(body))
-
-
-async def abort(request: web.Request) -> web.Response:
-    try:
-        body = await _parse(request, AbortRequest)
-    except RefusedError as refused:
-        return problem(refused.status, refused.reason, refused.message)
-    return await _run(request, "abort", lambda: request.app[EXECUTOR_KEY].abort(body))
+    return handle
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -174,9 +165,17 @@ def control_app(executor: ShuffleExecutor, metrics: SidecarMetrics, token: Path)
     app.add_routes(
         [
             web.get(f"{API_PREFIX}/info", info),
-            web.post(f"{API_PREFIX}/prepare", prepare),
-            web.post(f"{API_PREFIX}/commit", commit),
-            web.post(f"{API_PREFIX}/abort", abort),
+            web.post(
+                f"{API_PREFIX}/prepare",
+                state_change("prepare", PrepareRequest, ShuffleExecutor.prepare),
+            ),
+            web.post(
+                f"{API_PREFIX}/commit",
+                state_change("commit", CommitRequest, ShuffleExecutor.commit),
+            ),
+            web.post(
+                f"{API_PREFIX}/abort", state_change("abort", AbortRequest, ShuffleExecutor.abort)
+            ),
             web.get("/healthz", healthz),
         ]
     )

@@ -9,16 +9,13 @@ import pytest
 
 from eplb_operator.cluster.access import Access
 from eplb_operator.controller.kube import USER_AGENT
-from eplb_operator.placement import Topology, plan
-from eplb_operator.workloads import zipf_load
-from eplb_sidecar.engine.reference import identity_placement
 from tests.operator.conftest import (
-    CONFIG,
     NAMESPACE,
     World,
     apply_offline,
     build_world,
     mapping_json,
+    planned,
     restart_when_dead,
 )
 
@@ -43,9 +40,7 @@ def granted(rules: list[dict[str, list[str]]]) -> set[Access]:
 
 
 def test_the_cluster_role_grants_exactly_what_a_real_operator_run_used(world: World) -> None:
-    topology = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
-    first = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=3), topology,
-                 previous=identity_placement(CONFIG)).placement  # fmt: skip
+    first = planned(seed=3)
     apply_offline(world, first, rollout={"layersPerStep": 2, "revisionHistoryLimit": 0})
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "first rollout")
     # The next commit kills one sidecar: the operator retries it and checks the pod is alive.

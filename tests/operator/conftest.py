@@ -15,12 +15,15 @@ import pytest
 import torch
 
 from eplb_operator.cluster import LocalCluster
+from eplb_operator.placement import Topology, plan
 from eplb_operator.sandbox.operator_process import OperatorProcess
 from eplb_operator.sandbox.pods import publish_group, publish_token
 from eplb_operator.sandbox.prometheus import LocalPrometheus, Target
+from eplb_operator.workloads import zipf_load
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
+from eplb_sidecar.engine.reference import identity_placement
 from eplb_sidecar.launch import LocalGroup, LocalPod
 from tests.cluster.conftest import XPL, Api
 from tests.sidecar.conftest import assert_slots_hold_their_experts
@@ -101,6 +104,15 @@ def spec(**changes: Any) -> dict[str, Any]:
     body.update(changes)
     return {"apiVersion": "eplb.io/v1alpha1", "kind": "ExpertPlacement",
             "metadata": {"name": APP}, "spec": body}  # fmt: skip
+
+
+def planned(seed: int, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """``[L, P]``: the placement engine's plan for a Zipf load, from ``previous`` (default:
+    the engines' start-up placement)."""
+    topology = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
+    load = zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=seed)
+    start = identity_placement(CONFIG) if previous is None else previous
+    return plan(load, topology, previous=start).placement
 
 
 def mapping_json(phy2log: torch.Tensor) -> str:

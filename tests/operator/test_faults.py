@@ -13,9 +13,7 @@ import torch
 from aiohttp import web
 
 from eplb_operator.controller import kube
-from eplb_operator.placement import Topology, plan
 from eplb_operator.sandbox.pods import delete_pod, publish_pod
-from eplb_operator.workloads import zipf_load
 from eplb_sidecar.engine.reference import identity_placement
 from eplb_sidecar.launch import LocalPod, free_port
 from tests.cluster.conftest import XPL
@@ -27,19 +25,13 @@ from .conftest import (
     World,
     apply_offline,
     assert_invariants,
+    planned,
     restart_when_dead,
     serves,
     spec,
 )
 
 pytestmark = pytest.mark.slow
-
-TOPOLOGY = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
-
-
-def offline_target() -> torch.Tensor:
-    load = zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=3)
-    return plan(load, TOPOLOGY, previous=identity_placement(CONFIG)).placement
 
 
 @pytest.mark.parametrize(
@@ -53,7 +45,7 @@ def test_a_sidecar_killed_during_a_rollout(world: World, fault: str, aborts: boo
     world.group.start_sidecar(victim, env={"EPLB_SIDECAR_FAULT": fault})
     world.group.wait_ready()
     supervisor = restart_when_dead(world, victim)
-    target = offline_target()
+    target = planned(seed=3)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the rollout")
     supervisor.join(10)
@@ -71,7 +63,7 @@ def test_a_slow_pod_past_the_barrier_timeout_aborts_everywhere(world: World) -> 
     world.group.start_sidecar(slow, env={"EPLB_SIDECAR_FAULT": "delay-prepare=8"})
     world.group.wait_ready()
     before = [table.routing.clone() for table in world.tables()]
-    target = offline_target()
+    target = planned(seed=3)
     apply_offline(world, target)
     world.wait(lambda: world.condition("Degraded").get("reason") == "BarrierTimeout", 60, "abort")
     assert world.status().get("targetRevision") is None
@@ -114,7 +106,7 @@ def test_the_operator_restarted_mid_rollout_resumes_without_replanning(world: Wo
 
 def test_a_pod_restarted_after_commit_is_resynced(world: World) -> None:
     expected = world.group.probe()
-    target = offline_target()
+    target = planned(seed=3)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "the rollout")
     old = world.group.pods[3]

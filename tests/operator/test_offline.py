@@ -14,8 +14,6 @@ import yaml
 
 from eplb_operator.cluster.tools import binaries
 from eplb_operator.formats.mappings import PlacementDocument, render
-from eplb_operator.placement import Topology, plan
-from eplb_operator.workloads import zipf_load
 from eplb_sidecar.engine.reference import identity_placement
 
 from .conftest import (
@@ -25,12 +23,11 @@ from .conftest import (
     apply_offline,
     assert_invariants,
     build_world,
+    planned,
     serves,
 )
 
 pytestmark = pytest.mark.slow
-
-TOPOLOGY = Topology(CONFIG.experts, CONFIG.ranks, CONFIG.slots_per_rank, 1, 1)
 
 
 def manifests(phy2log: torch.Tensor, paused: bool = False) -> str:
@@ -65,8 +62,7 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
     world: World, tmp_path: Path
 ) -> None:
     expected = world.group.probe()
-    first = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=3), TOPOLOGY,
-                 previous=identity_placement(CONFIG)).placement  # fmt: skip
+    first = planned(seed=3)
     # Applied paused: everything holds until it is unpaused.
     kubectl(world, "apply", "-f", "-", stdin=manifests(first, paused=True))
     world.wait(lambda: world.condition("Progressing").get("reason") == "Paused", 30, "paused")
@@ -80,8 +76,7 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
 
     # A new commit in Git changes layer 2 only.
     second = first.clone()
-    second[2] = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=9), TOPOLOGY,
-                     previous=first).placement[2]  # fmt: skip
+    second[2] = planned(seed=9, previous=first)[2]
     assert not torch.equal(second[2], first[2])
     kubectl(world, "apply", "-f", "-", stdin=manifests(second))
     world.wait(lambda: world.status().get("currentRevision") == "moe-2", 60, "the change")
@@ -121,8 +116,7 @@ def test_two_serving_replicas_get_the_same_placement_moving_weights_within_each(
 ) -> None:
     world = two_replicas
     expected = world.group.probe()
-    target = plan(zipf_load(CONFIG.layers, CONFIG.experts, 1.2, seed=5), TOPOLOGY,
-                  previous=identity_placement(CONFIG)).placement  # fmt: skip
+    target = planned(seed=5)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "both replicas")
     assert len(world.tables()) == 2 * CONFIG.ranks

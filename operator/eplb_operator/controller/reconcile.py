@@ -196,21 +196,19 @@ class Reconciler:
         if target is None and current is not None:
             target, cause = current, "resync"
         if target is None:
-            await self._write(
-                {"Ready": ("True", "AsExpected", "pods serve their start-up placement"),
-                 "Progressing": ("False", "Idle", "nothing to roll out"),
-                 "Degraded": ("False", "AsExpected", "")},
-                phase="Ready",
-            )  # fmt: skip
+            await self._ready(
+                ("AsExpected", "pods serve their start-up placement"),
+                ("Idle", "nothing to roll out"),
+            )
             return self._next_delay(spec)
         if not pending_layers(states, target.placement):
             # Every pod already serves it: nothing to move, no rollout to report.
-            await self._write(
-                {"Ready": ("True", "AsExpected", f"every pod serves {target.name}"),
-                 "Progressing": ("False", "RolloutComplete", f"{target.name} is in service"),
-                 "Degraded": ("False", "AsExpected", "")},
-                currentRevision=target.name, targetRevision=None, phase="Ready",
-            )  # fmt: skip
+            await self._ready(
+                ("AsExpected", f"every pod serves {target.name}"),
+                ("RolloutComplete", f"{target.name} is in service"),
+                currentRevision=target.name,
+                targetRevision=None,
+            )
             return self._next_delay(spec)
         if time.monotonic() < self.memo.retry_after and cause != "online":
             return max(0.5, self.memo.retry_after - time.monotonic())
@@ -434,12 +432,11 @@ class Reconciler:
         ready_message = f"every pod serves {target.name}"
         if report.dropped_pods:
             ready_message += f" (pods {report.dropped_pods} left and will be re-synced)"
-        await self._write(
-            {"Ready": ("True", "RolloutComplete", ready_message),
-             "Progressing": ("False", "RolloutComplete", f"{target.name} is in service"),
-             "Degraded": ("False", "AsExpected", "")},
+        await self._ready(
+            ("RolloutComplete", ready_message),
+            ("RolloutComplete", f"{target.name} is in service"),
             **fields,
-        )  # fmt: skip
+        )
         await self._prune(spec, target)
         return self._next_delay(spec)
 
@@ -492,6 +489,19 @@ class Reconciler:
         METRICS.errors.labels(**self.labels, reason=reason).inc()
         await self._write(conditions, phase="Degraded")
         return RECHECK_SECONDS
+
+    async def _ready(
+        self, ready: tuple[str, str], progressing: tuple[str, str], **fields: Any
+    ) -> None:
+        """Ready=True, Progressing=False, Degraded=False: (reason, message) of the first two."""
+        await self._write(
+            {
+                "Ready": ("True", *ready),
+                "Progressing": ("False", *progressing),
+                "Degraded": ("False", "AsExpected", ""),
+            },
+            **{"phase": "Ready", **fields},
+        )
 
     async def _write(self, conditions: Conditions, **fields: Any) -> None:
         generation = self._generation

@@ -153,7 +153,7 @@ class Rollout:
                 break
             batch = layers[index : index + step]
             work = self._plan_batch(batch, states)
-            batch_report = await self._run_batch(index // step, batch, work, report, started)
+            batch_report = await self._run_batch(batch, work, report, started)
             report.batches.append(batch_report)
             if self.on_batch is not None:
                 await self.on_batch(report, batch_report)
@@ -184,7 +184,6 @@ class Rollout:
     # -- one batch -------------------------------------------------------------------------
     async def _run_batch(
         self,
-        index: int,
         batch: list[int],
         work: list[_PodWork],
         report: RolloutReport,
@@ -193,7 +192,7 @@ class Rollout:
         prepare_started = time.monotonic()
         try:
             results = await asyncio.wait_for(
-                asyncio.gather(*(self._prepare(index, share) for share in work)),
+                asyncio.gather(*(self._prepare(share) for share in work)),
                 self.options.barrier_timeout + 5,
             )
         except (TimeoutError, SidecarError) as error:
@@ -214,7 +213,7 @@ class Rollout:
         peer = sum(layer.bytes_peer for result in results for r in result for layer in r.layers)
         return BatchReport(batch, prepare_seconds, time.monotonic() - commit_started, moves, peer)
 
-    async def _prepare(self, index: int, share: _PodWork) -> list[Result]:
+    async def _prepare(self, share: _PodWork) -> list[Result]:
         client = self.clients[share.pod.name]
         timeout = self.options.barrier_timeout
         results = []

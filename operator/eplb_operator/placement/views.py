@@ -15,7 +15,7 @@ import torch
 from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement.replication import replicate
 from eplb_operator.placement.topology import Topology
-from eplb_sidecar.contract.validation import placement_error
+from eplb_sidecar.contract.validation import placement_error, start_up_placement
 
 
 def validate_placement(phy2log: torch.Tensor, topology: Topology) -> None:
@@ -53,8 +53,7 @@ def validate_load(load: torch.Tensor, num_experts: int | None = None) -> None:
 
 def identity_placement(num_layers: int, topology: Topology) -> torch.Tensor:
     """``[L, P]``: slot p holds expert ``p mod E`` (what engines start with before any EPLB)."""
-    row = torch.arange(topology.num_slots, dtype=torch.int64) % topology.num_experts
-    return row.unsqueeze(0).repeat(num_layers, 1)
+    return start_up_placement(num_layers, topology.num_slots, topology.num_experts)
 
 
 def replica_counts(phy2log: torch.Tensor, num_experts: int) -> torch.Tensor:

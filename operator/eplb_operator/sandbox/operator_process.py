@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eplb_sidecar.launch import free_port
+from eplb_sidecar.launch import free_port, stop_processes
 
 
 class OperatorProcess:
@@ -45,12 +45,8 @@ class OperatorProcess:
             self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.process is not None:
+            stop_processes([self.process], grace=20.0)  # kopf finishes its handlers first
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_sidecar.launch import LocalGroup, LocalPod
 
 
@@ -72,3 +73,22 @@ def publish_token(api_url: str, namespace: str, name: str, token: str) -> None:
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
          "data": {"token": base64.b64encode(token.encode()).decode()}},
     )  # fmt: skip
+
+
+def local_endpoints(group: LocalGroup) -> dict[str, dict[int, PodEndpoint]]:
+    """The operator's view of a local group's pods, without Pod objects (for benchmarks)."""
+    return {
+        group.config.group: {
+            pod.rank: PodEndpoint(
+                name=pod.name,
+                uid=pod.name,
+                group=group.config.group,
+                rank=pod.rank,
+                host="127.0.0.1",
+                control_port=pod.control_port,
+                metrics_port=pod.metrics_port,
+                transfer_port=pod.transfer_port,
+            )
+            for pod in group.pods
+        }
+    }

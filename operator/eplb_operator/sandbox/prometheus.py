@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from types import TracebackType
 
 import yaml
 
-from eplb_sidecar.launch import free_port
+from eplb_sidecar.launch import free_port, stop_processes
 
 
 class PrometheusMissingError(FileNotFoundError):
@@ -93,13 +92,8 @@ class LocalPrometheus:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_processes([self.process])
 
     def __enter__(self) -> LocalPrometheus:
         return self.start()

@@ -1,4 +1,5 @@
-"""The one check of a placement row set: shapes, expert ids, a replica for every expert.
+"""Placements both sides agree on: the start-up placement, and the one validity check
+(shapes, expert ids, a replica for every expert).
 
 Used by the sidecar before it changes anything and by the operator's placement engine.
 """
@@ -43,3 +44,9 @@ def placement_error(
             f"({missing.shape[0]} expert(s) without a replica in all)"
         )
     return None
+
+
+def start_up_placement(num_layers: int, num_slots: int, num_experts: int) -> torch.Tensor:
+    """``[L, P]``: slot p holds expert ``p mod E`` (what engines load before any EPLB)."""
+    row = torch.arange(num_slots, dtype=torch.int64) % num_experts
+    return row.unsqueeze(0).repeat(num_layers, 1)

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional
 
 from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.contract.validation import start_up_placement
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeLayer, ProbePart, ProbeRequest
 from eplb_sidecar.engine.routing import choose_slots, gate, popularity_bias, replica_table
@@ -24,10 +25,8 @@ from eplb_sidecar.engine.weights import expert_weights, router_weights
 
 
 def identity_placement(config: EngineConfig) -> torch.Tensor:
-    """``[L, P]``: slot p holds expert ``p mod E`` (what engines load before any EPLB)."""
-    num_slots = config.ranks * config.slots_per_rank
-    row = torch.arange(num_slots, dtype=torch.int64) % config.experts
-    return row.unsqueeze(0).repeat(config.layers, 1)
+    """``[L, P]``: the start-up placement of the reference model."""
+    return start_up_placement(config.layers, config.ranks * config.slots_per_rank, config.experts)
 
 
 def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
