@@ -95,6 +95,7 @@ class LocalGroup:
         serve_engines: bool = True,
         devices: list[str] | None = None,
         backend: str = "gloo",
+        sidecar_env: dict[int, dict[str, str]] | None = None,
     ) -> None:
         self.config = config
         self.workdir = workdir
@@ -107,6 +108,9 @@ class LocalGroup:
         # Per-rank device (e.g. one GPU each: cuda:0, cuda:1); default config.device.
         self.devices = devices or [config.device] * config.ranks
         self.backend = backend
+        # Extra environment of the first sidecar of a rank (fault injection: a container
+        # restarted later starts without it).
+        self.sidecar_env = sidecar_env or {}
         if step_interval is not None:
             config.workload.step_interval = step_interval
         self.pods = [
@@ -146,7 +150,7 @@ class LocalGroup:
                     update={"rank": pod.rank, "device": self.devices[pod.rank]}
                 )
                 ReferenceEngine(rank_config, pod.table_dir).table.close()
-            self.start_sidecar(pod)
+            self.start_sidecar(pod, self.sidecar_env.get(pod.rank))
         try:
             self.wait_ready(timeout)
         except BaseException:

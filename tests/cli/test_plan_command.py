@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +10,11 @@ import torch
 import yaml
 
 from eplb_operator.formats.mappings import read_placement
+from tests.console import eplb
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "stats" / "deepseek-v3-synthetic.json"
 DSV3_FLAGS = ["--ranks", "32", "--redundant", "32", "--nodes", "4", "--groups", "8"]
-
-
-def eplb(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).parent / "eplb"
-    command = [str(script)] if script.exists() else [shutil.which("eplb") or "eplb"]
-    return subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def plan_json(*args: str | Path) -> dict:  # type: ignore[type-arg]

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,52 +12,11 @@ import pytest
 
 from eplb_operator.cluster import LocalCluster
 from eplb_operator.cluster.tools import binaries
+from eplb_operator.sandbox.api import Api, Reply
+
+__all__ = ["XPL", "Api", "Reply", "eventually", "placement"]
 
 XPL = "/apis/eplb.io/v1alpha1/namespaces/default/expertplacements"
-
-
-@dataclass
-class Reply:
-    code: int
-    body: Any
-
-
-class Api:
-    """Plain HTTP to the cluster, as any Kubernetes client would speak it."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def call(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> Reply:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", content_type)
-        request.add_header("Accept", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return Reply(response.status, json.loads(response.read() or b"null"))
-        except urllib.error.HTTPError as error:
-            return Reply(error.code, json.loads(error.read() or b"null"))
-
-    def get(self, path: str) -> Reply:
-        return self.call("GET", path)
-
-    def post(self, path: str, body: Any) -> Reply:
-        return self.call("POST", path, body)
-
-    def put(self, path: str, body: Any) -> Reply:
-        return self.call("PUT", path, body)
-
-    def merge(self, path: str, body: Any) -> Reply:
-        return self.call("PATCH", path, body, "application/merge-patch+json")
-
-    def json_patch(self, path: str, ops: list[dict[str, Any]]) -> Reply:
-        return self.call("PATCH", path, ops, "application/json-patch+json")
-
-    def delete(self, path: str) -> Reply:
-        return self.call("DELETE", path)
 
 
 @pytest.fixture

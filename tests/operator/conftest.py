@@ -68,6 +68,11 @@ class World:
         path = f"/apis/apps/v1/namespaces/{NAMESPACE}/controllerrevisions"
         return list(self.api.get(path).body["items"])
 
+    def revision_placement(self, name: str) -> torch.Tensor:
+        """``[L, P]`` of the stored revision ``name``."""
+        revision = next(r for r in self.revisions() if r["metadata"]["name"] == name)
+        return torch.tensor(revision["data"]["placement"])
+
     def tables(self) -> list[ExpertTable]:
         """Every pod's table, of every serving replica."""
         return [

@@ -102,6 +102,11 @@ def test_the_operator_restarted_mid_rollout_resumes_without_replanning(world: Wo
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the resumed rollout")
     assert [r["metadata"]["name"] for r in world.revisions()] == ["moe-1"]
     assert_invariants(world, expected)
+    # Progress counts the whole rollout, the layers committed before the restart included.
+    changed = int((world.revision_placement("moe-1") != identity_placement(CONFIG)).any(1).sum())
+    status = world.status()
+    assert status["layersCommitted"] == status["layersTotal"] == changed
+    assert status["lastRebalance"]["layersUpdated"] == changed
 
 
 def test_a_pod_restarted_after_commit_is_resynced(world: World) -> None:

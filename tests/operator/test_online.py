@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
+from eplb_operator.placement.views import rank_imbalance
+from eplb_operator.report.prometheus_source import recording_from_cluster
 from tests.cluster.conftest import XPL
+from tests.console import eplb
 
-from .conftest import World, assert_invariants, spec
+from .conftest import CONFIG, World, assert_invariants, spec
 
 pytestmark = pytest.mark.slow
 
 
 def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
-    world_with_prometheus: World,
+    world_with_prometheus: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world = world_with_prometheus
     assert world.prometheus is not None
@@ -55,3 +61,28 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
     assert 'eplb_placement_balancedness{namespace="default",placement="moe",source="observed"}' in (
         metrics
     )
+
+    # `eplb report` on this cluster: load from Prometheus, rollouts from the API.
+    env = dict(os.environ, KUBECONFIG=str(world.cluster.kubeconfig))
+    flags = ["--placement", "default/moe", "--since", "120", "--step", "2"]
+    result = eplb(
+        "report", "--prometheus", world.prometheus.url, *flags, "--output", tmp_path / "report",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ("report.html", "rank-load.png", "imbalance.png", "moves.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 1000
+    monkeypatch.setenv("KUBECONFIG", str(world.cluster.kubeconfig))
+    recording = recording_from_cluster(world.prometheus.url, "default", "moe", 120, 2)
+    assert (recording.layers, recording.ranks) == (CONFIG.layers, CONFIG.ranks)
+    (rollout,) = recording.rollouts
+    assert (rollout.revision, rollout.result) == ("moe-1", "completed")
+    assert rollout.moves == status["lastRebalance"]["moves"]
+    assert rollout.layers == status["lastRebalance"]["layersUpdated"]
+    windows = recording.before_and_after()
+    assert windows is not None
+    reported_before, reported_after = (float(rank_imbalance(w).mean()) for w in windows)
+    assert reported_after < reported_before - 0.05, (reported_before, reported_after)
+    missing = eplb("report", "--prometheus", world.prometheus.url, "--placement", "default/nope",
+                   env=env)  # fmt: skip
+    assert missing.returncode == 2 and "ExpertPlacement default/nope not found" in missing.stderr

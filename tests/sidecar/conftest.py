@@ -11,7 +11,7 @@ from eplb_sidecar.checkpoint import CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.engine.weights import expert_weights
+from eplb_sidecar.engine.verify import slot_weight_errors
 
 
 def small_config(**changes: object) -> EngineConfig:
@@ -35,15 +35,8 @@ def checkpoint(tmp_path: Path, config: EngineConfig) -> CheckpointReader:
 
 def assert_slots_hold_their_experts(table: ExpertTable, seed: int) -> None:
     """DESIGN §5: every local slot's weights are exactly its logical expert's."""
-    layout = table.layout
-    for layer in range(layout.layers):
-        for slot in range(layout.slots_per_rank):
-            expert = int(table.routing[layer, layout.first_slot + slot])
-            want = expert_weights(layout.weights, seed, layer, expert, layout.device)
-            for name, value in want.items():
-                assert torch.equal(table.weights[name][layer, slot].cpu(), value.cpu()), (
-                    f"rank {layout.rank} layer {layer} slot {slot}: {name} is not expert {expert}"
-                )
+    errors = slot_weight_errors(table, seed)
+    assert not errors, errors[:5]
 
 
 def snapshot(table: ExpertTable) -> dict[str, torch.Tensor]:

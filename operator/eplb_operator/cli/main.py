@@ -1,4 +1,4 @@
-"""``eplb``: plan placements offline (more commands join as the project grows)."""
+"""``eplb``: plan placements offline, run the local demo, draw reports, serve a local API."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import typer
 
 from eplb_operator import __version__
 from eplb_operator.cli.cluster import cluster_command
+from eplb_operator.cli.demo import demo_command
 from eplb_operator.cli.plan import plan_command
+from eplb_operator.cli.report import report_command
 
 app = typer.Typer(
     name="eplb",
@@ -17,6 +19,8 @@ app = typer.Typer(
 )
 app.command("plan", no_args_is_help=True)(plan_command)
 app.command("cluster")(cluster_command)
+app.command("demo")(demo_command)
+app.command("report")(report_command)
 
 
 @app.command("version")

@@ -23,6 +23,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3.util.retry import Retry
 
+from eplb_operator.placement.views import rank_imbalance
 from eplb_sidecar import metric_names
 
 TOKENS = metric_names.EXPERT_TOKENS.name
@@ -60,9 +61,8 @@ class LoadWindow:
         """
         per_group = []
         for members in groups:
-            loads = torch.stack([self.pod_load[pod] for pod in members])  # [R, L]
-            mean = loads.mean(dim=0)
-            per_group.append(torch.where(mean > 0, loads.max(dim=0).values / mean, 1.0))
+            loads = torch.stack([self.pod_load[pod] for pod in members], dim=1)  # [L, R]
+            per_group.append(rank_imbalance(loads))
         return torch.stack(per_group).mean(dim=0)
 
 
@@ -114,6 +114,12 @@ def _label_int(labels: dict[str, str], name: str, origin: str) -> int:
         ) from None
 
 
+def pod_regex(pods: list[str]) -> str:
+    """Pod names as one RE2 alternation inside a PromQL string literal: escaped for the
+    regex, then for the string."""
+    return "|".join(re.escape(pod) for pod in sorted(pods)).replace("\\", "\\\\")
+
+
 class PrometheusSource:
     """One PromQL query per call for the whole window, through prometheus-api-client."""
 
@@ -127,10 +133,8 @@ class PrometheusSource:
         self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=retry)
 
     def query(self, namespace: str, pods: list[str], window_seconds: int) -> str:
-        # A regex (RE2) inside a PromQL string literal: escape for the regex, then the string.
-        names = "|".join(re.escape(pod) for pod in sorted(pods)).replace("\\", "\\\\")
         return self.query_template.format(
-            namespace=namespace, pods=names, window=f"{window_seconds}s"
+            namespace=namespace, pods=pod_regex(pods), window=f"{window_seconds}s"
         )
 
     async def window(

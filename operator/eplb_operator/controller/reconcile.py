@@ -27,7 +27,7 @@ import pydantic
 import torch
 
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
-from eplb_operator.controller import kube
+from eplb_operator.controller import kube, messages
 from eplb_operator.controller.conditions import ConditionStatus, now_rfc3339, set_condition
 from eplb_operator.controller.endpoints import PodEndpoint, endpoints
 from eplb_operator.controller.loads import (
@@ -212,7 +212,8 @@ class Reconciler:
             return self._next_delay(spec)
         if time.monotonic() < self.memo.retry_after and cause != "online":
             return max(0.5, self.memo.retry_after - time.monotonic())
-        return await self._roll_out(obj, spec, groups, clients, target, cause)
+        resumed_total = int(status.get("layersTotal") or 0) if cause == "continue" else 0
+        return await self._roll_out(obj, spec, groups, clients, target, cause, resumed_total)
 
     # -- deciding --------------------------------------------------------------------------
     async def _offline(
@@ -347,6 +348,7 @@ class Reconciler:
         clients: dict[str, SidecarClient],
         target: Revision,
         cause: str,
+        resumed_total: int,
     ) -> float:
         rollout_spec = spec.rollout
         rollout = Rollout(
@@ -362,23 +364,29 @@ class Reconciler:
             pod_alive=self._pod_alive,
             on_batch=self._on_batch,
             paused=lambda: self._pause_requested,
+            resumed_total=resumed_total,
         )
         started = time.monotonic()
         self._pause_requested = False
+        progress = {} if resumed_total else {"layersCommitted": 0}  # a resumed one keeps its own
         await self._write(
             {"Progressing": ("True", "RolloutInProgress", f"rolling out {target.name} ({cause})")},
-            targetRevision=target.name, layersCommitted=0, phase="Rolling",
+            targetRevision=target.name, phase="Rolling", **progress,
         )  # fmt: skip
         METRICS.in_progress.labels(**self.labels).set(1)
         METRICS.started.labels(**self.labels).set(time.time())
-        self.emit("Normal", "RolloutStarted", f"{target.name} ({cause})")
+        self.emit("Normal", "RolloutStarted", messages.rollout_started(target.name, cause))
         try:
             report = await rollout.run()
         except RolloutAbortedError as error:
             METRICS.in_progress.labels(**self.labels).set(0)
             METRICS.rollouts.labels(**self.labels, result="aborted").inc()
             METRICS.errors.labels(**self.labels, reason=error.reason).inc()
-            self.emit("Warning", "RolloutAborted", f"{target.name}: {error.message}")
+            self.emit(
+                "Warning",
+                "RolloutAborted",
+                messages.rollout_aborted(target.name, error.reason, error.message),
+            )
             self.memo.retry_after = time.monotonic() + min(30.0, RECHECK_SECONDS * 5)
             await self._write(
                 {"Degraded": ("True", error.reason, error.message),
@@ -418,9 +426,8 @@ class Reconciler:
             METRICS.moves.labels(**self.labels).inc(report.moves)
             METRICS.rollout_duration.labels(**self.labels).observe(seconds)
             reason = "RolledBack" if cause == "rollback" else "RolloutComplete"
-            message = (
-                f"{target.name}: {report.layers_committed} layers, {report.moves} slots moved "
-                f"in {seconds:.1f} s"
+            message = messages.rollout_complete(
+                target.name, report.layers_committed, report.moves, seconds
             )
             self.emit("Normal", reason, message)
             fields["lastRebalance"] = {

@@ -65,10 +65,13 @@ class RolloutReport:
     batches: list[BatchReport] = field(default_factory=list)
     paused: bool = False
     dropped_pods: list[str] = field(default_factory=list)
+    # Layers an interrupted attempt of the same rollout committed before (a resumed rollout
+    # reports progress of the whole rollout, not of what was left).
+    layers_before: int = 0
 
     @property
     def layers_committed(self) -> int:
-        return sum(len(batch.layers) for batch in self.batches)
+        return self.layers_before + sum(len(batch.layers) for batch in self.batches)
 
     @property
     def moves(self) -> int:
@@ -127,8 +130,12 @@ class Rollout:
         pod_alive: Callable[[PodEndpoint], Awaitable[bool]],
         on_batch: Callable[[RolloutReport, BatchReport], Awaitable[None]] | None = None,
         paused: Callable[[], bool] = lambda: False,
+        resumed_total: int = 0,
     ) -> None:
+        """``resumed_total``: the layers this rollout had in all when it was interrupted (from
+        the status), 0 for a new rollout."""
         self.groups = groups
+        self.resumed_total = resumed_total
         self.clients = clients
         self.revision = revision
         self.target = target
@@ -145,7 +152,8 @@ class Rollout:
         states = await self._states()
         await self._drop_stale_staging(states)
         layers = pending_layers(states, self.target)
-        report = RolloutReport(revision=self.revision, layers_total=len(layers))
+        total = max(self.resumed_total, len(layers))
+        report = RolloutReport(self.revision, total, layers_before=total - len(layers))
         step = self.options.layers_per_step
         for index in range(0, len(layers), step):
             if self.paused():

@@ -97,12 +97,17 @@ def rank_loads(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> tor
     return per_slot.reshape(per_slot.shape[0], num_ranks, -1).sum(dim=2)
 
 
-def imbalance(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:
-    """``[L]`` float64: max rank load / mean rank load per layer (1.0 perfect, also when idle)."""
-    per_rank = rank_loads(load, phy2log, num_ranks)
+def rank_imbalance(per_rank: torch.Tensor) -> torch.Tensor:
+    """``[L]`` float64: max / mean of ``per_rank`` ``[L, R]`` rank loads (1.0 when idle)."""
+    per_rank = per_rank.double()
     mean = per_rank.mean(dim=1)
     ratio = per_rank.max(dim=1).values / mean.clamp(min=torch.finfo(torch.float64).tiny)
     return torch.where(mean > 0, ratio, torch.ones_like(ratio))
+
+
+def imbalance(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:
+    """``[L]`` float64: max rank load / mean rank load per layer (1.0 perfect, also when idle)."""
+    return rank_imbalance(rank_loads(load, phy2log, num_ranks))
 
 
 def balancedness(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:

@@ -31,6 +31,8 @@ def plot_rank_loads(before: torch.Tensor, after: torch.Tensor, title: str, path:
         image = axis.imshow(data, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
         axis.set_title(f"{label}: max/mean {data.max(axis=1).mean():.3f} (mean over layers)")
         axis.set_xlabel("rank")
+        if data.shape[1] <= 32:  # one tick per rank, not matplotlib's half steps
+            axis.set_xticks(range(data.shape[1]))
         axis.set_ylabel("MoE layer")
     figure.colorbar(image, ax=axes[:2], shrink=0.8, label="rank load / mean rank load")
     layers = np.arange(relative[0].shape[0])

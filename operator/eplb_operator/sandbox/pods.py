@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import base64
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 from eplb_operator.controller.endpoints import PodEndpoint
+from eplb_operator.sandbox.api import Api
 from eplb_sidecar.launch import LocalGroup, LocalPod
-
-
-def _call(url: str, method: str, body: Any, content_type: str = "application/json") -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method=method,
-        headers={"Content-Type": content_type, "Accept": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
 
 
 def pod_manifest(pod: LocalPod, app: str, group: str) -> dict[str, Any]:
@@ -41,25 +30,19 @@ def pod_manifest(pod: LocalPod, app: str, group: str) -> dict[str, Any]:
 
 def publish_pod(api_url: str, namespace: str, pod: LocalPod, app: str, group: str) -> str:
     """Create the Pod object and report it running at 127.0.0.1; returns its UID."""
-    base = f"{api_url}/api/v1/namespaces/{namespace}/pods"
-    created = _call(base, "POST", pod_manifest(pod, app, group))
-    _call(
-        f"{base}/{pod.name}/status", "PATCH",
+    api, base = Api(api_url), f"/api/v1/namespaces/{namespace}/pods"
+    created = api.checked("POST", base, pod_manifest(pod, app, group))
+    api.checked(
+        "PATCH", f"{base}/{pod.name}/status",
         {"status": {"phase": "Running", "podIP": "127.0.0.1"}}, "application/merge-patch+json",
     )  # fmt: skip
     return str(created["metadata"]["uid"])
 
 
 def delete_pod(api_url: str, namespace: str, name: str) -> None:
-    request = urllib.request.Request(
-        f"{api_url}/api/v1/namespaces/{namespace}/pods/{name}", method="DELETE"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30):
-            pass
-    except urllib.error.HTTPError as error:
-        if error.code != 404:
-            raise
+    reply = Api(api_url).delete(f"/api/v1/namespaces/{namespace}/pods/{name}")
+    if reply.code not in (200, 202, 404):
+        raise RuntimeError(f"deleting pod {name}: {reply.code} {reply.body}")
 
 
 def publish_group(api_url: str, namespace: str, group: LocalGroup, app: str) -> None:
@@ -68,8 +51,8 @@ def publish_group(api_url: str, namespace: str, group: LocalGroup, app: str) -> 
 
 
 def publish_token(api_url: str, namespace: str, name: str, token: str) -> None:
-    _call(
-        f"{api_url}/api/v1/namespaces/{namespace}/secrets", "POST",
+    Api(api_url).checked(
+        "POST", f"/api/v1/namespaces/{namespace}/secrets",
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
          "data": {"token": base64.b64encode(token.encode()).decode()}},
     )  # fmt: skip

@@ -1,0 +1,1 @@
+"""``eplb demo``: the whole loop on one machine (API, pods, Prometheus, operator)."""

@@ -1,0 +1,172 @@
+"""A recording from a real cluster: rank loads from Prometheus, rollouts from the API.
+
+- Load: one range query, ``sum by (pod, layer) (increase(eplb_expert_tokens_total{…}[step]))``
+  over the ExpertPlacement's pods, each pod's series put at its rank (``spec.pods.rankLabel``;
+  the pods of several EP groups add up, as they share one placement).  A time at which some
+  rank or layer has no series is left out, never counted as zero.
+- Rollouts: the placement's ControllerRevisions (moves) and its rollout Events (times,
+  results, layers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+from prometheus_api_client import PrometheusConnect
+
+from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
+from eplb_operator.controller import kube, messages
+from eplb_operator.controller.loads import pod_regex
+from eplb_operator.errors import InvalidInputError
+from eplb_operator.report.recording import LoadSample, Recording, RolloutRecord
+from eplb_sidecar import metric_names
+
+RANK_LOAD_QUERY = (
+    "sum by (pod, layer) (increase(" + metric_names.EXPERT_TOKENS.name
+    + '{{namespace="{namespace}",pod=~"{pods}"}}[{step}s]))'
+)  # fmt: skip
+
+
+def _timestamp(stamp: object) -> float | None:
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def samples_from_matrix(
+    result: list[dict[str, Any]], rank_of: dict[str, int], layers: int, ranks: int, step: float
+) -> list[LoadSample]:
+    """Pure: a range query's ``(pod, layer)`` series → one sample ``[L][R]`` per time at which
+    every (layer, rank) has a value."""
+    by_time: dict[float, dict[tuple[int, int], float]] = {}
+    for series in result:
+        labels = series.get("metric") or {}
+        pod, layer = labels.get("pod"), labels.get("layer")
+        if pod not in rank_of or layer is None or not str(layer).isdigit():
+            continue
+        if int(layer) >= layers:
+            raise InvalidInputError(
+                f"Prometheus has layer {layer} for pod {pod}; the ExpertPlacement has {layers}"
+            )
+        for stamp, value in series.get("values") or []:
+            cell = by_time.setdefault(float(stamp), {})
+            key = (int(layer), rank_of[str(pod)])
+            cell[key] = cell.get(key, 0.0) + float(value)
+    samples = []
+    for stamp in sorted(by_time):
+        cells = by_time[stamp]
+        if len(cells) < layers * ranks:
+            continue
+        grid = [[cells[(layer, rank)] for rank in range(ranks)] for layer in range(layers)]
+        samples.append(LoadSample(time=stamp, seconds=step, rank_load=grid))
+    return samples
+
+
+def rollouts_from_objects(
+    revisions: list[dict[str, Any]], events: list[dict[str, Any]], status: dict[str, Any]
+) -> list[RolloutRecord]:
+    """Pure: one record per rollout attempt, from revisions and the placement's Events."""
+    moves = {r["metadata"]["name"]: int((r.get("data") or {}).get("moves", 0)) for r in revisions}
+    records: list[RolloutRecord] = []
+    ordered = sorted(events, key=lambda e: _timestamp(e.get("eventTime") or e.get("lastTimestamp"))
+                     or 0.0)  # fmt: skip
+    for event in ordered:
+        reason, message = event.get("reason", ""), event.get("message", "")
+        when = _timestamp(event.get("eventTime") or event.get("lastTimestamp"))
+        revision = messages.revision_of(message)
+        open_ = next((r for r in reversed(records)
+                      if r.revision == revision and r.result == "in-progress"), None)  # fmt: skip
+        if reason == "RolloutStarted":
+            records.append(RolloutRecord(revision=revision, started=when,
+                                         moves=moves.get(revision, 0)))  # fmt: skip
+        elif reason in ("RolloutComplete", "RolledBack"):
+            record = open_ or RolloutRecord(revision=revision, started=when)
+            if open_ is None:
+                records.append(record)
+            figures = messages.parse_rollout_complete(message)
+            record.result, record.finished = "completed", when
+            if figures is not None:
+                record.layers, record.moves = figures.layers, figures.moves
+        elif reason == "RolloutAborted" and open_ is not None:
+            open_.result, open_.finished = "aborted", when
+            open_.reason = messages.aborted_reason(message)
+    target = status.get("targetRevision")
+    for record in records:  # an attempt neither finished nor still running was cut short
+        if record.result == "in-progress" and record.revision != target:
+            record.result, record.reason = "aborted", "Interrupted"
+    return records
+
+
+async def _read_cluster(
+    namespace: str, name: str
+) -> tuple[ExpertPlacementSpec, dict[str, Any], dict[str, int], list[Any], list[Any]]:
+    obj = await kube.get_placement(namespace, name)
+    if obj is None:
+        raise InvalidInputError(f"ExpertPlacement {namespace}/{name} not found")
+    spec = ExpertPlacementSpec.model_validate(obj["spec"])
+    pods = await kube.list_pods(namespace, spec.selector.to_query())
+    rank_of = {}
+    for pod in pods:
+        rank = (pod["metadata"].get("labels") or {}).get(spec.pods.rank_label, "")
+        if rank.isdigit():
+            rank_of[pod["metadata"]["name"]] = int(rank)
+    if not rank_of:
+        raise InvalidInputError(
+            f"no pods of {namespace}/{name} carry a rank label {spec.pods.rank_label!r}"
+        )
+    revisions = await kube.list_revisions(namespace, name)
+    async with await kube.api_client() as api:
+        listed = await client.CoreV1Api(api).list_namespaced_event(namespace)
+        events = [
+            dict(api.sanitize_for_serialization(e))
+            for e in listed.items
+            if e.involved_object is not None and e.involved_object.name == name
+            and e.involved_object.kind in ("ExpertPlacement", None)
+        ]  # fmt: skip
+    return spec, dict(obj.get("status") or {}), rank_of, revisions, events
+
+
+def recording_from_cluster(
+    prometheus_url: str,
+    namespace: str,
+    name: str,
+    since_seconds: float,
+    step_seconds: float,
+    timeout: float = 30.0,
+) -> Recording:
+    """The last ``since_seconds`` of ``namespace/name``, one sample every ``step_seconds``."""
+    spec, status, rank_of, revisions, events = asyncio.run(_read_cluster(namespace, name))
+    topology = spec.placement_topology()
+    prometheus = PrometheusConnect(url=prometheus_url, disable_ssl=True, timeout=timeout)
+    end = datetime.now().astimezone()
+    start = datetime.fromtimestamp(end.timestamp() - since_seconds).astimezone()
+    query = RANK_LOAD_QUERY.format(namespace=namespace, pods=pod_regex(list(rank_of)),
+                                   step=int(step_seconds))  # fmt: skip
+    try:
+        result = prometheus.custom_query_range(query, start, end, f"{step_seconds:g}s")
+    except Exception as error:  # requests and the client raise their own hierarchies
+        raise InvalidInputError(
+            f"Prometheus at {prometheus_url} failed: {type(error).__name__}: {error}"
+        ) from error
+    samples = samples_from_matrix(result, rank_of, spec.model.layers, topology.num_ranks,
+                                  step_seconds)  # fmt: skip
+    if not samples:
+        raise InvalidInputError(
+            f"Prometheus at {prometheus_url} has no complete {metric_names.EXPERT_TOKENS.name} "
+            f"series for {namespace}/{name} in the last {since_seconds:g} s"
+        )
+    return Recording(
+        title=f"{namespace}/{name}" + (f" ({spec.model.name})" if spec.model.name else ""),
+        layers=spec.model.layers,
+        ranks=topology.num_ranks,
+        samples=samples,
+        rollouts=rollouts_from_objects(revisions, events, status),
+    )

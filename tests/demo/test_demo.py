@@ -1,0 +1,170 @@
+"""``eplb demo`` end to end: the installed command, real processes, its summary asserted.
+
+Small sizes keep each run under a minute on two cores.  Every run checks DESIGN.md §5
+itself (one placement on every pod, exact weights, identical outputs) and says so in its
+summary; these tests assert the summary and the files it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eplb_operator.demo.options import DemoOptions, placement_manifest
+from eplb_operator.report.recording import Recording
+from tests.console import eplb, eplb_command
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--pods", "4", "--layers", "4", "--experts", "12", "--redundant", "4", "--duration", "10"]
+
+
+def run_demo(workdir: Path, *flags: str) -> dict[str, Any]:
+    result = eplb("demo", "--json", "--workdir", workdir, *SMALL, *flags, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary: dict[str, Any] = json.loads(result.stdout)
+    assert summary == json.loads((workdir / "summary.json").read_text())
+    return summary
+
+
+def assert_rebalanced_safely(summary: dict[str, Any]) -> None:
+    assert summary["ok"], summary["problems"]
+    assert summary["outputs_identical"] is True
+    assert summary["consistent"] is True
+    assert summary["rebalances"] >= 1
+    assert summary["layers_committed"] >= 1 and summary["moves"] >= 1
+    assert summary["imbalance_after"] < summary["imbalance_before"] - 0.1, summary["phases"]
+
+
+def test_demo_rebalances_twice_and_reports(tmp_path: Path) -> None:
+    workdir, report = tmp_path / "demo", tmp_path / "report"
+    summary = run_demo(workdir, "--prometheus", "on", "--report", str(report))
+    assert_rebalanced_safely(summary)
+    assert summary["prometheus"] is True
+    assert summary["aborted"] == 0 and summary["fault"] is None
+    first, shifted = summary["phases"]
+    for phase in (first, shifted):  # each load pattern: worse before, balanced after
+        assert phase["rebalanced"], phase
+        assert phase["imbalance_after"] < 1.15 < phase["imbalance_before"], phase
+    assert summary["rebalances"] >= 2
+    completed = [r for r in summary["rollouts"] if r["result"] == "completed"]
+    assert sum(r["moves"] for r in completed) == summary["moves"]
+    assert all(r["batches"] >= 1 and r["prepare_seconds"] > 0 for r in completed), completed
+    assert summary["rollout_seconds"] > 0
+
+    # The report: three PNGs and a page that needs nothing else.
+    for name in ("rank-load.png", "imbalance.png", "moves.png"):
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "http://" not in page and "https://" not in page
+    for record in completed:
+        assert f"<td>{record['revision']}</td>" in page
+
+    # `eplb report` draws the same from the demo's directory afterwards.
+    again = eplb("report", "--demo", workdir, "--output", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "report.html").exists()
+    recording = Recording.load(workdir)
+    assert (recording.layers, recording.ranks) == (4, 4)
+    assert len(recording.samples) >= 20  # one a second
+    assert [r.revision for r in recording.rollouts] == [r["revision"] for r in summary["rollouts"]]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["kill-sidecar-at-prepare", "kill-sidecar-at-commit", "slow-pod",
+     "restart-operator-mid-rollout", "prometheus-down"],
+)  # fmt: skip
+def test_demo_survives_the_fault(tmp_path: Path, fault: str) -> None:
+    summary = run_demo(tmp_path / "demo", "--no-shift", "--fault", fault)
+    assert_rebalanced_safely(summary)
+    result = summary["fault"]
+    assert result["name"] == fault and result["injected"], result
+    rollouts = summary["rollouts"]
+    if fault == "kill-sidecar-at-prepare":  # the barrier fails: aborted everywhere, retried
+        assert result["sidecar_restarts"] >= 1
+        assert summary["aborted"] >= 1 and rollouts[-1]["result"] == "completed"
+    elif fault == "kill-sidecar-at-commit":  # past the barrier: the commit is retried
+        assert result["sidecar_restarts"] >= 1
+        assert summary["aborted"] == 0
+    elif fault == "slow-pod":
+        assert summary["aborted"] >= 1
+        assert rollouts[0]["reason"] == "BarrierTimeout", rollouts
+    elif fault == "restart-operator-mid-rollout":  # the same revision resumes
+        assert result["operator_restarts"] == 1
+        assert summary["aborted"] == 0
+        assert [r["revision"] for r in rollouts] == ["sandbox-1"], rollouts
+        assert "resumed" in result["outcome"]
+    else:
+        assert summary["prometheus"] is True
+        assert "MetricsUnavailable" in result["outcome"]
+
+
+def test_bad_flags_are_one_line_and_start_nothing(tmp_path: Path) -> None:
+    cases = [
+        (["--pods", "3"], "must be a multiple of --pods (3)"),
+        (["--duration", "5"], "--duration must be 10..600"),
+        (["--fault", "prometheus-down", "--prometheus", "off"], "needs the real Prometheus"),
+    ]
+    for flags, message in cases:
+        workdir = tmp_path / "w"
+        result = eplb("demo", "--workdir", workdir, *flags)
+        assert result.returncode == 2, result
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (workdir / "pods").exists()
+    no_prometheus = dict(os.environ, PATH=str(Path(eplb_command()[0]).parent) + ":/usr/bin:/bin")
+    no_prometheus["PATH"] = ":".join(
+        d for d in no_prometheus["PATH"].split(":") if not (Path(d) / "prometheus").exists()
+    )
+    result = eplb("demo", "--workdir", tmp_path / "w", "--prometheus", "on", env=no_prometheus)
+    assert result.returncode == 2 and "no 'prometheus' binary on PATH" in result.stderr
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line or environment contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(int(proc.name))
+    return found
+
+
+def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
+    workdir, output = tmp_path / "demo", tmp_path / "output.txt"
+    with open(output, "wb") as out:
+        demo = subprocess.Popen(
+            [*eplb_command(), "demo", "--workdir", str(workdir), *SMALL],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (workdir / "recording.json").exists():  # every process is up and sampled
+        assert demo.poll() is None and time.monotonic() < deadline, output.read_text()
+        time.sleep(0.2)
+    children = [pid for pid in processes_mentioning(str(workdir)) if pid != demo.pid]
+    assert len(children) >= 4 * 2 + 2, children  # engines, sidecars, API, operator, …
+    demo.send_signal(signal.SIGINT)
+    assert demo.wait(60) == 130
+    assert "interrupted: every process the demo started is stopped" in output.read_text()
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_the_sandbox_example_is_what_the_demo_applies() -> None:
+    import yaml
+
+    example = yaml.safe_load((REPO / "examples" / "sandbox.yaml").read_text())
+    assert example == placement_manifest(DemoOptions(), prometheus_url=None)
