@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 _COMPLETE = re.compile(
     r"^(?P<revision>\S+): (?P<layers>\d+) layers, (?P<moves>\d+) slots moved in "
@@ -39,6 +41,18 @@ def aborted_reason(message: str) -> str:
     """The CamelCase reason of a RolloutAborted message."""
     parts = message.split(": ", 2)
     return parts[1] if len(parts) > 2 else "RolloutAborted"
+
+
+def event_time(event: dict[str, Any]) -> float | None:
+    """Unix time of an Event (``eventTime``, else ``lastTimestamp``, else ``firstTimestamp``)."""
+    for key in ("eventTime", "lastTimestamp", "firstTimestamp"):
+        stamp = event.get(key)
+        if stamp:
+            try:
+                return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
 
 
 def revision_of(message: str) -> str:

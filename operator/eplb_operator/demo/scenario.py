@@ -29,34 +29,23 @@ SAMPLE_SECONDS = 1.0
 NOW_SECONDS = 3.0  # the live view's "now" column
 
 
-class DemoFailedError(RuntimeError):
-    """A phase did not reach its rebalance in time."""
-
-
-class Sampler:
+class Sampler(Periodic):
     """Every second, the tokens each rank received since the last sample, into the recording
     (saved each time, so ``eplb report`` can draw a running demo)."""
 
     def __init__(self, world: DemoWorld, recording: Recording, directory: Path) -> None:
+        super().__init__("sampler", SAMPLE_SECONDS)
         self.world = world
         self.recording = recording
         self.directory = directory
         self.lock = threading.Lock()
         self._last, self._last_time = world.group_load(), time.time()
-        self._loop = Periodic("sampler", SAMPLE_SECONDS, self._sample)
-
-    def start(self) -> Sampler:
-        self._loop.start()
-        return self
-
-    def stop(self) -> None:
-        self._loop.stop()
 
     def save(self) -> None:
         with self.lock:
             self.recording.save(self.directory)
 
-    def _sample(self) -> None:
+    def tick(self) -> None:
         load, now = self.world.group_load(), time.time()
         sample = LoadSample(
             time=now, seconds=now - self._last_time, rank_load=(load - self._last).double().tolist()
@@ -99,7 +88,8 @@ class Demo:
             self.state.rollouts = self.watch.rollouts
             self.state.layers_total = self.options.layers
             self.baseline = world.group.probe()
-            self.sampler = Sampler(world, self.recording, self.workdir).start()
+            self.sampler = Sampler(world, self.recording, self.workdir)
+            self.sampler.start()
             try:
                 phases = self._phases()
             finally:
@@ -142,8 +132,7 @@ class Demo:
             start + 1, (record.started if record else None) or time.time()
         )
         if before is not None:
-            result.per_layer_before = rank_imbalance(before).tolist()
-            result.imbalance_before = float(rank_imbalance(before).mean())
+            result.per_layer_before, result.imbalance_before = _per_layer_and_mean(before)
             self.state.before = result.per_layer_before
         if record is None:
             return result
@@ -157,8 +146,7 @@ class Demo:
         self._wait_until(finished + measure)
         after = self.recording.window(finished + 0.5, time.time())
         if after is not None:
-            result.per_layer_after = rank_imbalance(after).tolist()
-            result.imbalance_after = float(rank_imbalance(after).mean())
+            result.per_layer_after, result.imbalance_after = _per_layer_and_mean(after)
             self.state.after = result.per_layer_after
             self.view.say(f"{name}: imbalance {result.imbalance_before or 0:.3f} → "
                           f"{result.imbalance_after:.3f}")  # fmt: skip
@@ -365,3 +353,9 @@ class Demo:
             seconds=round(seconds, 1),
             ok=ok,
         )
+
+
+def _per_layer_and_mean(rank_load: torch.Tensor) -> tuple[list[float], float]:
+    """Imbalance of ``rank_load`` ``[L, R]``: per layer, and its mean over layers."""
+    per_layer = rank_imbalance(rank_load)
+    return per_layer.tolist(), float(per_layer.mean())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,14 +34,8 @@ class Counters:
 
 
 def event_time(event: dict[str, Any]) -> float:
-    for key in ("eventTime", "lastTimestamp", "firstTimestamp"):
-        stamp = event.get(key)
-        if stamp:
-            try:
-                return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return time.time()
+    """When an Event happened; now, for one that says nothing."""
+    return messages.event_time(event) or time.time()
 
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.verify import group_errors
 from eplb_sidecar.launch import LocalGroup
+from eplb_sidecar.server import FAULT_ENV
 
 VICTIM_RANK = 1  # the pod a fault hits
 
@@ -48,8 +49,7 @@ def prometheus_wanted(mode: Mode, fault: Fault | None) -> bool:
 
 def sidecar_faults(options: DemoOptions) -> dict[int, dict[str, str]]:
     """``EPLB_SIDECAR_FAULT`` of each rank's first sidecar for ``options.fault``."""
-    fault = options.fault
-    env = "EPLB_SIDECAR_FAULT"
+    fault, env = options.fault, FAULT_ENV
     if fault is Fault.kill_sidecar_at_prepare:
         return {VICTIM_RANK: {env: "exit-at-prepare"}}
     if fault is Fault.kill_sidecar_at_commit:

@@ -30,17 +30,6 @@ RANK_LOAD_QUERY = (
 )  # fmt: skip
 
 
-def _timestamp(stamp: object) -> float | None:
-    if isinstance(stamp, datetime):
-        return stamp.timestamp()
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def samples_from_matrix(
     result: list[dict[str, Any]], rank_of: dict[str, int], layers: int, ranks: int, step: float
 ) -> list[LoadSample]:
@@ -76,11 +65,10 @@ def rollouts_from_objects(
     """Pure: one record per rollout attempt, from revisions and the placement's Events."""
     moves = {r["metadata"]["name"]: int((r.get("data") or {}).get("moves", 0)) for r in revisions}
     records: list[RolloutRecord] = []
-    ordered = sorted(events, key=lambda e: _timestamp(e.get("eventTime") or e.get("lastTimestamp"))
-                     or 0.0)  # fmt: skip
+    ordered = sorted(events, key=lambda e: messages.event_time(e) or 0.0)
     for event in ordered:
         reason, message = event.get("reason", ""), event.get("message", "")
-        when = _timestamp(event.get("eventTime") or event.get("lastTimestamp"))
+        when = messages.event_time(event)
         revision = messages.revision_of(message)
         open_ = next((r for r in reversed(records)
                       if r.revision == revision and r.result == "in-progress"), None)  # fmt: skip

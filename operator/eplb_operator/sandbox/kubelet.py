@@ -16,28 +16,21 @@ class Restart:
     time: float  # unix
 
 
-class Kubelet:
+class Kubelet(Periodic):
     """Restarts a group's dead sidecars (without any fault injected at their first start)."""
 
     def __init__(self, group: LocalGroup, backoff: float = 1.0) -> None:
+        super().__init__("kubelet", 0.2)
         self.group = group
         self.backoff = backoff
         self.restarts: list[Restart] = []
-        self._loop = Periodic("kubelet", 0.2, self._restart_dead)
 
-    def start(self) -> Kubelet:
-        self._loop.start()
-        return self
-
-    def stop(self) -> None:
-        self._loop.stop()
-
-    def _restart_dead(self) -> None:
+    def tick(self) -> None:
         for pod in self.group.pods:
             sidecar = pod.sidecar
             if sidecar is None or sidecar.poll() is None:
                 continue
-            if self._loop.stopped.wait(self.backoff):  # CrashLoopBackOff's first step
+            if self.stopped.wait(self.backoff):  # CrashLoopBackOff's first step
                 return
             self.restarts.append(Restart(pod.name, sidecar.returncode, time.time()))
             self.group.start_sidecar(pod)

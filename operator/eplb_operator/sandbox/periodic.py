@@ -1,21 +1,21 @@
-"""A background thread that runs one action every ``interval`` seconds until stopped."""
+"""A background thread that runs :meth:`Periodic.tick` every ``interval`` seconds until stopped."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 
 class Periodic:
-    def __init__(self, name: str, interval: float, action: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval: float) -> None:
         self.interval = interval
-        self.action = action
-        self.stopped = threading.Event()  # actions that wait should wait on this
+        self.stopped = threading.Event()  # a tick that waits should wait on this
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> Periodic:
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
         self._thread.start()
-        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopped.set()
@@ -23,4 +23,4 @@ class Periodic:
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval):
-            self.action()
+            self.tick()
