@@ -34,9 +34,9 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
+from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
-from eplb_operator.sandbox.pods import local_endpoints
 from eplb_sidecar.api import CommitRequest, PrepareRequest, TransferGroup
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable

@@ -28,10 +28,10 @@ from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
+from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
 from eplb_operator.placement import Topology, plan
-from eplb_operator.sandbox.pods import local_endpoints
 from eplb_operator.workloads import zipf_load
 from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.client import SidecarClient

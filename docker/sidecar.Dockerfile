@@ -17,6 +17,9 @@ RUN python -m venv /opt/eplb \
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/eplb /opt/eplb
 ENV PATH=/opt/eplb/bin:$PATH PYTHONUNBUFFERED=1
+# A named user: kopf and torch look the running user up (getpass, ~), and fail without one.
+RUN groupadd --system --gid 65532 eplb \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /tmp eplb
 USER 65532:65532
 EXPOSE 8470 9470 29470
 ENTRYPOINT ["eplb-sidecar"]

@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"
-ruff check operator sidecar tests benchmarks
-ruff format --check operator sidecar tests benchmarks
+ruff check operator sidecar local tests benchmarks
+ruff format --check operator sidecar local tests benchmarks
 echo "== mypy"
 mypy
 echo "== pytest"

@@ -1,12 +1,16 @@
-"""Shared fixtures: repository paths and the shared load traces."""
+"""Shared fixtures: repository paths, the shared load traces, and the local cluster."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from eplb_local.world import LocalKube
 
 # CI runs the same examples every time, so a red build is reproducible; locally hypothesis
 # explores new ones on each run.
@@ -30,3 +34,21 @@ def shared_traces() -> list[Path]:
     if not traces:
         pytest.fail(f"no load traces under {SHARED_LOADS}")
     return traces
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKube]:
+    """One real control plane (etcd, kube-apiserver, kube-controller-manager) and its node for
+    the whole session, the CRDs installed; tests keep to namespaces of their own. A missing
+    binary fails here, never skips: CI must build them (scripts/setup.sh)."""
+    with LocalKube(tmp_path_factory.mktemp("kube")) as local:
+        yield local
+
+
+@pytest.fixture
+def namespace(kube: LocalKube) -> Iterator[str]:
+    """A namespace of this test's own, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.api_checked().checked("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    yield name
+    kube.api_checked().delete(f"/api/v1/namespaces/{name}")

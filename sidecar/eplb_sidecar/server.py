@@ -25,6 +25,29 @@ from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
 
 FAULT_ENV = "EPLB_SIDECAR_FAULT"
+FAULT_FILE_ENV = "EPLB_SIDECAR_FAULT_FILE"
+
+
+def current_fault() -> str:
+    """The fault to inject: ``EPLB_SIDECAR_FAULT``, or the content of the file that
+    ``EPLB_SIDECAR_FAULT_FILE`` names (tests write it into a pod's volume at run time)."""
+    path = os.environ.get(FAULT_FILE_ENV, "")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+    return os.environ.get(FAULT_ENV, "")
+
+
+def die_of_fault() -> None:
+    """An ``exit-…`` fault fires once: the restarted container starts without it."""
+    path = os.environ.get(FAULT_FILE_ENV, "")
+    if path:
+        Path(path).unlink(missing_ok=True)
+    os._exit(137)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
@@ -62,9 +85,9 @@ async def inject_fault(phase: str) -> None:
     ``delay-prepare=SECONDS``: every prepare first waits that long (a slow pod).  Unset in
     production.
     """
-    fault = os.environ.get(FAULT_ENV, "")
+    fault = current_fault()
     if fault == f"exit-at-{phase}":
-        os._exit(137)
+        die_of_fault()
     if fault.startswith(f"delay-{phase}="):
         await asyncio.sleep(float(fault.split("=", 1)[1]))
 
@@ -120,10 +143,10 @@ async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web
                 metrics.bytes.labels(source="peer").inc(layer.bytes_peer)
                 metrics.bytes.labels(source="checkpoint").inc(layer.bytes_checkpoint)
     response = web.json_response(result.model_dump())
-    if os.environ.get(FAULT_ENV, "") == f"exit-after-{phase}":
+    if current_fault() == f"exit-after-{phase}":
         await response.prepare(request)  # the caller gets the whole answer, then we die
         await response.write_eof()
-        os._exit(137)
+        die_of_fault()
     return response
 
 

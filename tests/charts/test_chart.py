@@ -12,10 +12,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from eplb_operator.cluster.tools import binaries
+from eplb_local.kube.binaries import binary
 from tests.conftest import REPO
 
 CHART = REPO / "charts" / "eplb-operator"
+SIDECAR_CHART = REPO / "charts" / "eplb-sidecar"
 K8S_VERSION = "1.37"
 NON_DEFAULT = [
     "--set", "metrics.serviceMonitor.enabled=true",
@@ -28,14 +29,13 @@ NON_DEFAULT = [
     "--set", "sidecar.token.value=s3cret",
     "--set", "sidecar.token.namespaces={serving}",
     "--set", "crds.keep=false",
-    "--set", "sidecar.checkpointPath=/models/deepseek-v3",
 ]  # fmt: skip
 PROMETHEUS_OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 
 def helm(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(binaries()["helm"]), *args[:1], *(["release", str(chart)] if args[0] == "template"
+        [str(binary("helm")), *args[:1], *(["release", str(chart)] if args[0] == "template"
                                                  else [str(chart)]), *args[1:]],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -129,21 +129,28 @@ def test_the_token_secret_exists_in_every_serving_namespace() -> None:
     assert len({s["data"]["token"] for s in secrets}) == 1
 
 
+def test_the_sidecar_library_chart_lints() -> None:
+    done = helm("lint", "--strict", chart=SIDECAR_CHART)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_sidecar_injects_into_a_serving_chart(tmp_path: Path) -> None:
     serving = tmp_path / "vllm-ep"
     (serving / "templates").mkdir(parents=True)
     (serving / "charts").mkdir()
-    shutil.copytree(CHART, serving / "charts" / "eplb-operator")
+    shutil.copytree(SIDECAR_CHART, serving / "charts" / "eplb-sidecar")
     (serving / "Chart.yaml").write_text(
         "apiVersion: v2\nname: vllm-ep\nversion: 0.1.0\n"
-        "dependencies:\n  - name: eplb-operator\n    version: 0.1.0\n"
+        "dependencies:\n  - name: eplb-sidecar\n    version: 0.1.0\n"
     )
     (serving / "values.yaml").write_text(
-        "eplb-operator:\n  sidecar:\n    checkpointPath: /models\n"
+        "eplb-sidecar:\n  checkpointPath: /models\n"
+        "  securityContext: {runAsUser: 1000, runAsGroup: 1000}\n"
     )
-    # A serving StatefulSet as users write it, with the chart's named templates included.
+    # A serving StatefulSet as users write it, with the library's named templates included.
     (serving / "templates" / "statefulset.yaml").write_text(
-        """apiVersion: apps/v1
+        """{{- $eplb := index .Subcharts "eplb-sidecar" }}
+apiVersion: apps/v1
 kind: StatefulSet
 metadata:
   name: vllm-ep
@@ -156,30 +163,36 @@ spec:
     metadata:
       labels:
         app: vllm-ep
-        {{- include "eplb-operator.sidecar.podLabels" (dict "group" "replica-0" "rank" "0") | nindent 8 }}
+        {{- include "eplb-sidecar.podLabels" (dict "group" "replica-0") | nindent 8 }}
     spec:
       containers:
         - name: vllm
           image: vllm/vllm-openai:v0.11.0
           volumeMounts:
-            {{- include "eplb-operator.sidecar.engineVolumeMounts" (index .Subcharts "eplb-operator") | nindent 12 }}
-        {{- include "eplb-operator.sidecar.container" (index .Subcharts "eplb-operator") | nindent 8 }}
+            {{- include "eplb-sidecar.engineVolumeMounts" $eplb | nindent 12 }}
+        {{- include "eplb-sidecar.container" $eplb | nindent 8 }}
       volumes:
-        {{- include "eplb-operator.sidecar.volumes" (index .Subcharts "eplb-operator") | nindent 8 }}
+        {{- include "eplb-sidecar.volumes" $eplb | nindent 8 }}
 """
     )
     docs = render(chart=serving)
     statefulset = by_kind(docs, "StatefulSet")[0]
     kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
     pod = statefulset["spec"]["template"]
-    assert pod["metadata"]["labels"]["eplb.io/sidecar"] == "true"
+    labels = pod["metadata"]["labels"]
+    assert labels["eplb.io/sidecar"] == "true" and labels["eplb.io/group"] == "replica-0"
+    assert "eplb.io/rank" not in labels  # ranks come from the workload, never one constant
     sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "eplb-sidecar")
     assert "--checkpoint=/models" in sidecar["args"]
+    assert sidecar["image"] == "ghcr.io/eplb-k8s/eplb-sidecar:0.1.0"
     engine = next(c for c in pod["spec"]["containers"] if c["name"] == "vllm")
     table = next(v for v in pod["spec"]["volumes"] if v["name"] == "eplb-table")
     assert table["emptyDir"]["medium"] == "Memory"
     assert {m["name"] for m in engine["volumeMounts"]} == {"eplb-table"}
-    assert sidecar["securityContext"]["readOnlyRootFilesystem"]
+    # The securityContext is the user's to override, key by key (helm merges values).
+    context = sidecar["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (1000, 1000)
+    assert context["readOnlyRootFilesystem"] and context["capabilities"] == {"drop": ["ALL"]}
 
 
 @pytest.mark.parametrize("dockerfile", sorted((REPO / "docker").glob("*.Dockerfile")), ids=str)

@@ -1,51 +1,35 @@
-"""Fixtures: a local cluster over real HTTP, a small JSON client for it, and real kubectl."""
+"""Fixtures for tests against the real API server: kubectl in the test's namespace."""
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from eplb_operator.cluster import LocalCluster
-from eplb_operator.cluster.tools import binaries
-from eplb_operator.sandbox.api import Api, Reply
+from eplb_local.kube.api import Api
+from eplb_local.world import LocalKube
 
-__all__ = ["XPL", "Api", "Reply", "eventually", "placement"]
-
-XPL = "/apis/eplb.io/v1alpha1/namespaces/default/expertplacements"
+__all__ = ["eventually", "placement", "xpl_path"]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path / "cluster") as local:
-        yield local
+def xpl_path(namespace: str) -> str:
+    return f"/apis/eplb.io/v1alpha1/namespaces/{namespace}/expertplacements"
 
 
 @pytest.fixture
-def api(cluster: LocalCluster) -> Api:
-    return Api(cluster.url)
-
-
-@pytest.fixture(scope="session")
-def kubectl_binary() -> Path:
-    # A missing binary fails the test (never a skip): CI must have the real kubectl.
-    return binaries()["kubectl"]
+def api(kube: LocalKube) -> Api:
+    return kube.api_checked()
 
 
 @pytest.fixture
-def kubectl(cluster: LocalCluster, kubectl_binary: Path):  # type: ignore[no-untyped-def]
+def kubectl(kube: LocalKube, namespace: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The real kubectl, as the cluster's admin, in the test's namespace."""
+
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(kubectl_binary), "--kubeconfig", str(cluster.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return kube.kubectl("--namespace", namespace, *args)
 
     return run
 

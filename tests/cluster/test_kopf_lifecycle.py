@@ -7,17 +7,19 @@ from pathlib import Path
 import pytest
 from kopf.testing import KopfRunner
 
-from eplb_operator.cluster import LocalCluster
-from tests.cluster.conftest import XPL, Api, eventually, placement
+from eplb_local.kube.api import Api
+from eplb_local.world import LocalKube
+from tests.cluster.conftest import eventually, placement, xpl_path
 
 PROBE = Path(__file__).with_name("kopf_probe.py")
 
 
 def test_kopf_full_lifecycle(
-    cluster: LocalCluster, api: Api, monkeypatch: pytest.MonkeyPatch
+    kube: LocalKube, api: Api, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    args = ["run", "--standalone", "--namespace", "default", "--verbose", str(PROBE)]
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    XPL = xpl_path(namespace)
+    args = ["run", "--standalone", "--namespace", namespace, "--verbose", str(PROBE)]
     with KopfRunner(args, timeout=60) as runner:
         assert api.post(XPL, placement()).code == 201
         eventually(lambda: api.get(f"{XPL}/ds").body.get("status", {}).get("phase") == "Created")

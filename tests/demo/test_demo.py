@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from eplb_operator.demo.options import DemoOptions, placement_manifest
+from eplb_local.demo.options import DemoOptions, placement_manifest
 from eplb_operator.report.recording import Recording
 from tests.console import eplb, eplb_command
 

@@ -3,30 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-import urllib.request
 
 import pytest
 import torch
 from aiohttp import web
 
+from eplb_local.world import World
 from eplb_operator.controller import kube
-from eplb_operator.sandbox.pods import delete_pod, publish_pod
 from eplb_sidecar.engine.reference import identity_placement
-from eplb_sidecar.launch import LocalPod, free_port
-from tests.cluster.conftest import XPL
+from eplb_sidecar.launch import free_port
 
 from .conftest import (
     APP,
     CONFIG,
-    NAMESPACE,
-    World,
     apply_offline,
     assert_invariants,
     planned,
-    restart_when_dead,
+    revision_placement,
     serves,
     spec,
 )
@@ -39,16 +34,13 @@ pytestmark = pytest.mark.slow
     [("exit-at-prepare", True), ("exit-after-prepare", False), ("exit-at-commit", False)],
 )
 def test_a_sidecar_killed_during_a_rollout(world: World, fault: str, aborts: bool) -> None:
-    expected = world.group.probe()
-    victim = world.group.pods[1]
-    world.group.kill(victim, "sidecar")
-    world.group.start_sidecar(victim, env={"EPLB_SIDECAR_FAULT": fault})
-    world.group.wait_ready()
-    supervisor = restart_when_dead(world, victim)
+    expected = world.probe()
+    victim = world.pod(1)
+    world.inject(victim, fault)  # fires once; the node restarts the container, as a kubelet
     target = planned(seed=3)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the rollout")
-    supervisor.join(10)
+    assert world.restarts(victim.name, "eplb-sidecar") == 1
     assert serves(world, target)
     assert_invariants(world, expected)
     reasons = [event.get("reason") for event in world.events()]
@@ -57,11 +49,9 @@ def test_a_sidecar_killed_during_a_rollout(world: World, fault: str, aborts: boo
 
 
 def test_a_slow_pod_past_the_barrier_timeout_aborts_everywhere(world: World) -> None:
-    expected = world.group.probe()
-    slow = world.group.pods[2]
-    world.group.kill(slow, "sidecar")
-    world.group.start_sidecar(slow, env={"EPLB_SIDECAR_FAULT": "delay-prepare=8"})
-    world.group.wait_ready()
+    expected = world.probe()
+    slow = world.pod(2)
+    world.inject(slow, "delay-prepare=8")
     before = [table.routing.clone() for table in world.tables()]
     target = planned(seed=3)
     apply_offline(world, target)
@@ -69,56 +59,52 @@ def test_a_slow_pod_past_the_barrier_timeout_aborts_everywhere(world: World) -> 
     assert world.status().get("targetRevision") is None
     time.sleep(1)  # every pod has dropped its staging: they all still serve the old placement
     assert all(torch.equal(t.routing, b) for t, b in zip(world.tables(), before, strict=True))
-    assert all(not table_has_staging(world, pod) for pod in world.group.pods)
-    world.group.kill(slow, "sidecar")  # the pod recovers
-    world.group.start_sidecar(slow)
+    assert all(not table_has_staging(world, pod.name) for pod in world.pods())
+    world.clear(slow)  # the pod recovers
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the retry")
     assert serves(world, target)
     assert_invariants(world, expected)
 
 
-def table_has_staging(world: World, pod: LocalPod) -> bool:
-    request = urllib.request.Request(
-        f"{pod.control_url}/v1/info", headers={"Authorization": f"Bearer {world.group.token}"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return bool(json.loads(response.read())["staged"])
+def table_has_staging(world: World, pod: str) -> bool:
+    """The sidecar's own word (its /v1/info), asked as the operator asks it."""
+    info = world.sidecar_info(pod)
+    return bool(info["staged"])
 
 
 def test_the_operator_restarted_mid_rollout_resumes_without_replanning(world: World) -> None:
-    expected = world.group.probe()
-    for pod in world.group.pods:  # every prepare takes a while: the rollout is slow
-        world.group.kill(pod, "sidecar")
-        world.group.start_sidecar(pod, env={"EPLB_SIDECAR_FAULT": "delay-prepare=1.5"})
-    world.group.wait_ready()
+    expected = world.probe()
+    for pod in world.pods():  # every prepare takes a while: the rollout is slow
+        world.inject(pod, "delay-prepare=1.5")
     body = spec(online={"intervalSeconds": 3600, "windowSeconds": 10})
     body["spec"]["rollout"]["layersPerStep"] = 1
     time.sleep(2)  # some load to plan from
-    assert world.api.post(XPL, body).code == 201
+    world.kube.api_checked().checked("POST", world.xpl, body)
     world.wait(lambda: (world.status().get("layersCommitted") or 0) >= 1, 60, "half a rollout")
     assert world.status()["targetRevision"] == "moe-1"
-    world.operator.kill()
-    world.operator.start()
+    world.kill_operator()  # a crash; the node restarts the container
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the resumed rollout")
     assert [r["metadata"]["name"] for r in world.revisions()] == ["moe-1"]
     assert_invariants(world, expected)
     # Progress counts the whole rollout, the layers committed before the restart included.
-    changed = int((world.revision_placement("moe-1") != identity_placement(CONFIG)).any(1).sum())
+    changed = int((revision_placement(world, "moe-1") != identity_placement(CONFIG)).any(1).sum())
     status = world.status()
     assert status["layersCommitted"] == status["layersTotal"] == changed
     assert status["lastRebalance"]["layersUpdated"] == changed
 
 
 def test_a_pod_restarted_after_commit_is_resynced(world: World) -> None:
-    expected = world.group.probe()
+    expected = world.probe()
     target = planned(seed=3)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "the rollout")
-    old = world.group.pods[3]
-    delete_pod(world.cluster.url, NAMESPACE, old.name)
-    fresh = world.group.restart_pod(old)  # serves the start-up placement again
-    assert torch.equal(world.tables()[3].routing, identity_placement(CONFIG))
-    publish_pod(world.cluster.url, NAMESPACE, fresh, APP, CONFIG.group)
+    old = world.pod(3)
+    # Deleted; its StatefulSet creates it again, and the new engine starts from the
+    # start-up placement.
+    world.kube.kubectl_checked("delete", "pod", "-n", world.namespace, old.name)
+    world.wait_ready()
+    fresh = world.pod(3)
+    assert fresh.uid != old.uid
     world.wait(lambda: serves(world, target), 60, "the re-sync")
     assert_invariants(world, expected)
     assert [r["metadata"]["name"] for r in world.revisions()] == ["moe-1"]
@@ -129,25 +115,25 @@ def test_prometheus_down_slow_or_garbage_is_metrics_unavailable_and_changes_noth
 ) -> None:
     world = world_with_prometheus
     assert world.prometheus is not None
-    expected = world.group.probe()
+    expected = world.probe()
     before = [table.routing.clone() for table in world.tables()]
     world.prometheus.stop()  # down
     body = spec(
         online={"intervalSeconds": 10, "windowSeconds": 10},
         metrics={"prometheusUrl": world.prometheus.url, "timeoutSeconds": 2},
     )
-    assert world.api.post(XPL, body).code == 201
+    world.kube.api_checked().checked("POST", world.xpl, body)
 
     def unavailable(fragment: str) -> bool:
         condition = world.condition("Degraded")
         return condition.get("reason") == "MetricsUnavailable" and fragment in condition["message"]
 
     world.wait(lambda: unavailable("failed"), 30, "down")
-    with FaultyPrometheus() as faulty:
+    with FaultyPrometheus(world.host_address) as faulty:
         for path, fragment in (("/garbage", "JSONDecodeError"), ("/slow", "Timeout"),
                                ("/partial", "no load series from pods")):  # fmt: skip
-            world.api.merge(
-                f"{XPL}/{APP}", {"spec": {"metrics": {"prometheusUrl": faulty.url + path}}}
+            world.kube.api_checked().merge(
+                f"{world.xpl}/{APP}", {"spec": {"metrics": {"prometheusUrl": faulty.url + path}}}
             )
             world.wait(lambda fragment=fragment: unavailable(fragment), 30, path)
     assert all(torch.equal(t.routing, b) for t, b in zip(world.tables(), before, strict=True))
@@ -156,11 +142,13 @@ def test_prometheus_down_slow_or_garbage_is_metrics_unavailable_and_changes_noth
 
 
 class FaultyPrometheus:
-    """An HTTP server at Prometheus's API path that misbehaves in the named way."""
+    """An HTTP server at Prometheus's API path that misbehaves in the named way, on this
+    machine's address of the pod network (where the operator's pod reaches it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str) -> None:
+        self.host = host
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._runner: web.AppRunner | None = None
         self._loop_thread: threading.Thread | None = None
 
@@ -175,7 +163,7 @@ class FaultyPrometheus:
             return web.json_response({})
 
         async def partial(request: web.Request) -> web.Response:
-            series = {"metric": {"pod": "moe-0-rank-0", "layer": "0", "expert": "0"},
+            series = {"metric": {"pod": "moe-0-0", "layer": "0", "expert": "0"},
                       "value": [time.time(), "5"]}  # fmt: skip
             return web.json_response(
                 {"status": "success", "data": {"resultType": "vector", "result": [series]}}
@@ -189,7 +177,7 @@ class FaultyPrometheus:
             self.loop = asyncio.new_event_loop()
             runner = web.AppRunner(app)
             self.loop.run_until_complete(runner.setup())
-            self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+            self.loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
             self._runner = runner
             ready.set()
             self.loop.run_forever()
@@ -211,17 +199,18 @@ class FaultyPrometheus:
 def test_a_409_on_the_status_write_is_retried_on_the_fresh_object(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(world.cluster.kubeconfig))
-    world.operator.stop()  # only this test writes
-    assert world.api.post(XPL, spec(online={})).code == 201
+    monkeypatch.setenv("KUBECONFIG", str(world.kube.kubeconfig))
+    world.scale_operator(0)  # only this test writes
+    api = world.kube.api_checked()
+    api.checked("POST", world.xpl, spec(online={}))
     calls: list[str] = []
 
     def change(current: dict[str, object]) -> dict[str, object]:
         calls.append(str(current["metadata"]["resourceVersion"]))  # type: ignore[index]
         if len(calls) == 1:  # someone else writes between our read and our patch
-            world.api.merge(f"{XPL}/{APP}", {"metadata": {"annotations": {"touched": "yes"}}})
+            api.merge(f"{world.xpl}/{APP}", {"metadata": {"annotations": {"touched": "yes"}}})
         return {"phase": f"written-{len(calls)}"}
 
-    asyncio.run(kube.update_placement_status(NAMESPACE, APP, change))
+    asyncio.run(kube.update_placement_status(world.namespace, APP, change))
     assert len(calls) == 2 and calls[0] != calls[1]
     assert world.status()["phase"] == "written-2"

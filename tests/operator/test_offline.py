@@ -4,7 +4,6 @@ pinning an old revision rolls back."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from eplb_operator.cluster.tools import binaries
+from eplb_local.world import LocalKube, World
 from eplb_operator.formats.mappings import PlacementDocument, render
 from eplb_sidecar.engine.reference import identity_placement
 
 from .conftest import (
     APP,
     CONFIG,
-    World,
+    RANK_LABEL,
     apply_offline,
     assert_invariants,
     build_world,
@@ -40,7 +39,7 @@ def manifests(phy2log: torch.Tensor, paused: bool = False) -> str:
         d for d in yaml.safe_load_all(render(doc, "expertplacement", APP)) if d
     ]
     placement["spec"]["selector"] = {"matchLabels": {"app": APP}}
-    placement["spec"]["pods"] = {"tokenSecret": "eplb-sidecar-token"}
+    placement["spec"]["pods"] = {"tokenSecret": "eplb-sidecar-token", "rankLabel": RANK_LABEL}
     placement["spec"]["rollout"] = {
         "layersPerStep": 2,
         "barrierTimeoutSeconds": 5,
@@ -50,10 +49,7 @@ def manifests(phy2log: torch.Tensor, paused: bool = False) -> str:
 
 
 def kubectl(world: World, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        [str(binaries()["kubectl"]), "--kubeconfig", str(world.cluster.kubeconfig), *args],
-        input=stdin, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    done = world.kube.kubectl("--namespace", world.namespace, *args, stdin=stdin)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -61,7 +57,7 @@ def kubectl(world: World, *args: str, stdin: str | None = None) -> str:
 def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
     world: World, tmp_path: Path
 ) -> None:
-    expected = world.group.probe()
+    expected = world.probe()
     first = planned(seed=3)
     # Applied paused: everything holds until it is unpaused.
     kubectl(world, "apply", "-f", "-", stdin=manifests(first, paused=True))
@@ -107,15 +103,15 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
 
 
 @pytest.fixture
-def two_replicas(tmp_path: Path) -> Iterator[World]:
-    yield from build_world(tmp_path, with_prometheus=False, replicas=2)
+def two_replicas(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
+    yield from build_world(kube, tmp_path, namespace, with_prometheus=False, replicas=2)
 
 
 def test_two_serving_replicas_get_the_same_placement_moving_weights_within_each(
     two_replicas: World,
 ) -> None:
     world = two_replicas
-    expected = world.group.probe()
+    expected = world.probe()
     target = planned(seed=5)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "both replicas")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from eplb_local.world import World
 from eplb_operator.placement.views import rank_imbalance
 from eplb_operator.report.prometheus_source import recording_from_cluster
-from tests.cluster.conftest import XPL
 from tests.console import eplb
 
-from .conftest import CONFIG, World, assert_invariants, spec
+from .conftest import CONFIG, assert_invariants, spec
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +22,13 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
 ) -> None:
     world = world_with_prometheus
     assert world.prometheus is not None
-    expected = world.group.probe()
+    expected = world.probe()
     body = spec(
         online={"intervalSeconds": 10, "windowSeconds": 10, "minGainPermille": 20},
         metrics={"prometheusUrl": world.prometheus.url},
     )
     world.settle(12)  # a whole 10 s window of steady load before the first plan
-    assert world.api.post(XPL, body).code == 201
+    world.kube.api_checked().checked("POST", world.xpl, body)
 
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "first rebalance")
     status = world.status()
@@ -57,14 +57,15 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
     reasons = {event.get("reason") for event in world.events()}
     assert "RolloutComplete" in reasons
     metrics = world.operator_metrics()
-    assert 'eplb_rollouts_total{namespace="default",placement="moe",result="completed"}' in metrics
-    assert 'eplb_placement_balancedness{namespace="default",placement="moe",source="observed"}' in (
+    ns = world.namespace
+    assert f'eplb_rollouts_total{{namespace="{ns}",placement="moe",result="completed"}}' in metrics
+    assert f'eplb_placement_balancedness{{namespace="{ns}",placement="moe",source="observed"}}' in (
         metrics
     )
 
     # `eplb report` on this cluster: load from Prometheus, rollouts from the API.
-    env = dict(os.environ, KUBECONFIG=str(world.cluster.kubeconfig))
-    flags = ["--placement", "default/moe", "--since", "120", "--step", "2"]
+    env = dict(os.environ, KUBECONFIG=str(world.kube.kubeconfig))
+    flags = ["--placement", f"{ns}/moe", "--since", "120", "--step", "2"]
     result = eplb(
         "report", "--prometheus", world.prometheus.url, *flags, "--output", tmp_path / "report",
         env=env,
@@ -72,8 +73,8 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
     assert result.returncode == 0, result.stderr
     for name in ("report.html", "rank-load.png", "imbalance.png", "moves.png"):
         assert (tmp_path / "report" / name).stat().st_size > 1000
-    monkeypatch.setenv("KUBECONFIG", str(world.cluster.kubeconfig))
-    recording = recording_from_cluster(world.prometheus.url, "default", "moe", 120, 2)
+    monkeypatch.setenv("KUBECONFIG", str(world.kube.kubeconfig))
+    recording = recording_from_cluster(world.prometheus.url, ns, "moe", 120, 2)
     assert (recording.layers, recording.ranks) == (CONFIG.layers, CONFIG.ranks)
     (rollout,) = recording.rollouts
     assert (rollout.revision, rollout.result) == ("moe-1", "completed")
@@ -83,6 +84,6 @@ def test_skewed_load_is_rebalanced_and_the_balance_improves_as_predicted(
     assert windows is not None
     reported_before, reported_after = (float(rank_imbalance(w).mean()) for w in windows)
     assert reported_after < reported_before - 0.05, (reported_before, reported_after)
-    missing = eplb("report", "--prometheus", world.prometheus.url, "--placement", "default/nope",
+    missing = eplb("report", "--prometheus", world.prometheus.url, "--placement", f"{ns}/nope",
                    env=env)  # fmt: skip
-    assert missing.returncode == 2 and "ExpertPlacement default/nope not found" in missing.stderr
+    assert missing.returncode == 2 and f"ExpertPlacement {ns}/nope not found" in missing.stderr

@@ -1,12 +1,13 @@
-"""``eplb``: plan placements offline, run the local demo, draw reports, serve a local API."""
+"""``eplb``: plan placements offline and draw reports; with the local tooling installed, also
+run a local cluster (``eplb cluster``) and the demo (``eplb demo``)."""
 
 from __future__ import annotations
+
+from importlib.metadata import entry_points
 
 import typer
 
 from eplb_operator import __version__
-from eplb_operator.cli.cluster import cluster_command
-from eplb_operator.cli.demo import demo_command
 from eplb_operator.cli.plan import plan_command
 from eplb_operator.cli.report import report_command
 
@@ -18,9 +19,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("plan", no_args_is_help=True)(plan_command)
-app.command("cluster")(cluster_command)
-app.command("demo")(demo_command)
 app.command("report")(report_command)
+# Subcommands of other packages (the local tooling's), loaded only when installed.
+for command in entry_points(group="eplb.commands"):
+    try:
+        app.command(command.name)(command.load())
+    except ImportError:  # its package or its dependencies are not installed here
+        continue
 
 
 @app.command("version")

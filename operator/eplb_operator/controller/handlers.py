@@ -17,6 +17,8 @@ from typing import Any
 import kopf
 
 from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from eplb_operator.controller import kube
+from eplb_operator.controller.api_errors import classify, describe, retry_delay
 from eplb_operator.controller.metrics import METRICS
 from eplb_operator.controller.reconcile import RECHECK_SECONDS, PlacementMemo, Reconciler
 
@@ -70,9 +72,22 @@ async def reconcile_loop(
         (logger.warning if kind == "Warning" else logger.info)(f"{reason}: {message}")
 
     reconciler = Reconciler(namespace, name, state, emit)
+    failures = 0  # passes in a row that the API refused
     while not stopped:
         try:
             delay = await reconciler.run()
+            failures = 0
+        except kube.ApiException as error:
+            # A refusal of the API server (RBAC, overload): said as a condition and an
+            # Event, then retried later and later, never a crash loop.
+            failures += 1
+            problem = classify(int(error.status or 0))
+            message = describe(int(error.status or 0), error.reason, error.body)
+            emit("Warning", problem.value, message)
+            METRICS.errors.labels(namespace=namespace, placement=name, reason=problem.value).inc()
+            with contextlib.suppress(kube.ApiException):  # the status write may be refused too
+                await reconciler.degraded(problem.value, message)
+            delay = retry_delay(RECHECK_SECONDS, failures)
         except Exception as error:  # one bad pass must not end the daemon
             logger.exception(f"reconcile failed: {error}")
             METRICS.errors.labels(namespace=namespace, placement=name, reason="Internal").inc()

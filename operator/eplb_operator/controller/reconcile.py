@@ -489,6 +489,10 @@ class Reconciler:
                 return handle.read().strip()
         raise KeyError("set spec.pods.tokenSecret (or EPLB_SIDECAR_TOKEN_FILE for the operator)")
 
+    async def degraded(self, reason: str, message: str) -> float:
+        """Degraded=True for ``reason`` (from outside a pass: an API refusal)."""
+        return await self._degraded(reason, message)
+
     async def _degraded(self, reason: str, message: str, keep_ready: bool = False) -> float:
         conditions: Conditions = {"Degraded": ("True", reason, message)}
         if not keep_ready:

@@ -1,0 +1,93 @@
+{{/*
+The EPLB sidecar for a serving pod. Depend on this chart, then in the pod template, with
+the subchart's context `$eplb := index .Subcharts "eplb-sidecar"`:
+
+  metadata:
+    labels:
+      {{- include "eplb-sidecar.podLabels" (dict "group" "replica-0") | nindent 6 }}
+  spec:
+    containers:
+      - name: vllm
+        volumeMounts:
+          {{- include "eplb-sidecar.engineVolumeMounts" $eplb | nindent 10 }}
+      {{- include "eplb-sidecar.container" $eplb | nindent 6 }}
+    volumes:
+      {{- include "eplb-sidecar.volumes" $eplb | nindent 6 }}
+
+Ranks are not labels: the ExpertPlacement takes them from the workload (a StatefulSet's
+apps.kubernetes.io/pod-index, or a LeaderWorkerSet's worker index). The engine writes its
+expert table under tableDir (docs/engine-contract.md).
+*/}}
+{{- define "eplb-sidecar.podLabels" -}}
+eplb.io/sidecar: "true"
+eplb.io/group: {{ .group | quote }}
+{{- end -}}
+
+{{- define "eplb-sidecar.engineVolumeMounts" -}}
+- name: eplb-table
+  mountPath: {{ .Values.tableDir }}
+{{- end -}}
+
+{{- define "eplb-sidecar.container" -}}
+- name: eplb-sidecar
+  image: {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - serve
+    - --table-dir={{ .Values.tableDir }}
+    - --token-file=/var/run/eplb/token/token
+    - --control-port={{ .Values.controlPort }}
+    - --metrics-port={{ .Values.metricsPort }}
+    - --transfer-port={{ .Values.transferPort }}
+    {{- with .Values.checkpointPath }}
+    - --checkpoint={{ . }}
+    {{- end }}
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - {name: eplb-control, containerPort: {{ .Values.controlPort }}, protocol: TCP}
+    - {name: eplb-metrics, containerPort: {{ .Values.metricsPort }}, protocol: TCP}
+    - {name: eplb-transfer, containerPort: {{ .Values.transferPort }}, protocol: TCP}
+  readinessProbe:
+    httpGet: {path: /healthz, port: eplb-metrics}
+    periodSeconds: 5
+  livenessProbe:
+    httpGet: {path: /healthz, port: eplb-metrics}
+    periodSeconds: 20
+    failureThreshold: 6
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  {{- with .Values.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: eplb-table
+      mountPath: {{ .Values.tableDir }}
+    - name: eplb-token
+      mountPath: /var/run/eplb/token
+      readOnly: true
+    - name: eplb-tmp
+      mountPath: /tmp
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{- define "eplb-sidecar.volumes" -}}
+- name: eplb-table
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.tableSizeLimit }}
+- name: eplb-token
+  secret:
+    secretName: {{ .Values.tokenSecretName }}
+- name: eplb-tmp
+  emptyDir: {}
+{{- end -}}
