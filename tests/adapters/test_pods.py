@@ -207,3 +207,18 @@ async def test_a_real_model_serves_counts_and_hot_swaps_exactly(
                     assert torch.equal(
                         table.weights["w2"][layer, slot], block.experts.down_proj[expert]
                     )
+
+
+def test_an_engine_that_loses_a_peer_stops_instead_of_serving_half_a_model(
+    tmp_path: Path,
+) -> None:
+    """Like vLLM's and SGLang's EP groups, the engines' process group is fixed: when a rank
+    dies the others cannot compute any step, so they exit (Kubernetes restarts them)."""
+    config = model_config("mixtral")
+    with LocalGroup(config, tmp_path, transformers=options("mixtral")) as group:
+        survivor, lost = group.pods
+        group.kill(lost, "engine")
+        assert survivor.engine is not None
+        assert survivor.engine.wait(60) is not None
+        log = survivor.logs[0].read_text()
+        assert "engine group failed; stopping" in log

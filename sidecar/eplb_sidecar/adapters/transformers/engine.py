@@ -58,6 +58,7 @@ from eplb_sidecar.engine.startup import publish_start_up_table
 log = logging.getLogger("eplb_sidecar.adapters.transformers")
 
 _RETRY_SECONDS = 0.002  # between rounds that waited for a commit on another pod
+_WARN_AFTER_SECONDS = 5.0  # a commit that takes this long is worth a line in the log
 _PROBE_TIMEOUT_SECONDS = 120.0
 _HEADER = 6  # stop, tokens, shift, skew (float64 bits), probe tokens, probe seed
 
@@ -149,6 +150,8 @@ class TransformersEngine:
         if self._stopped:
             return
         probe = self._take_probe()
+        waiting_since = time.monotonic()
+        warned = False
         while True:
             with self.table.engine_step():
                 plan = self._agree(tokens, probe, stopping=False)
@@ -158,10 +161,15 @@ class TransformersEngine:
                     if probe is not None:
                         self._probes.put(probe)  # answered by _fail_probes
                     return
-                if placement_error(plan.placement, self.table.layout.num_slots,
-                                   self.config.experts) is None:  # fmt: skip
+                missing = placement_error(
+                    plan.placement, self.table.layout.num_slots, self.config.experts
+                )
+                if missing is None:
                     self._serve_round(plan, probe)
                     return
+            if not warned and time.monotonic() - waiting_since > _WARN_AFTER_SECONDS:
+                log.warning("waiting for a commit on another pod: %s", missing)
+                warned = True
             time.sleep(_RETRY_SECONDS)
 
     def forward(self, input_ids: torch.Tensor, count: bool) -> torch.Tensor:
