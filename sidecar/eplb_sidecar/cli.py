@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -122,8 +122,23 @@ def engine_command(
     ports_file: Annotated[
         Path | None, typer.Option(help="Write the bound port here (JSON; for port 0).")
     ] = None,
+    implementation: Annotated[
+        str, typer.Option(help="reference, or transformers (Hugging Face model code).")
+    ] = "reference",
+    model: Annotated[
+        str | None, typer.Option(help="transformers: mixtral, qwen3-moe or deepseek-v3.")
+    ] = None,
+    dispatch_block: Annotated[
+        int, typer.Option(help="transformers: (token, expert) pairs per dispatch block.")
+    ] = 16,
+    dist_init: Annotated[
+        str | None, typer.Option(help="transformers: engines' rendezvous (tcp://… or file://…).")
+    ] = None,
 ) -> None:
-    """Run the reference MoE engine: publish its expert table and serve token batches."""
+    """Run an MoE engine (the reference engine, or a Hugging Face transformers model): publish
+    its expert table and serve token batches."""
+    if implementation not in ("reference", "transformers"):
+        _fail("engine", "--implementation must be reference or transformers")
     from eplb_sidecar.engine.config import EngineConfig, Workload
 
     config = EngineConfig(
@@ -151,7 +166,25 @@ def engine_command(
 
         write(write_checkpoint, config)
         return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if implementation == "transformers":
+        from eplb_sidecar.adapters.transformers.options import check_options
+
+        try:
+            options = check_options(config, model, dispatch_block=dispatch_block,
+                                    dist_init=dist_init)  # fmt: skip
+        except ValueError as error:
+            _fail("engine", str(error))
+        from eplb_sidecar.adapters.transformers.main import run_transformers_engine
+
+        run_transformers_engine(config, options, table_dir, bind, port, ports_file)
+        return
     from eplb_sidecar.runtime import run_engine
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     run_engine(config, table_dir, bind, port, ports_file)
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2, nothing started."""
+    typer.echo(f"eplb-sidecar {command}: {message}", err=True)
+    raise typer.Exit(2)

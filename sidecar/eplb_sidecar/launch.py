@@ -1,9 +1,11 @@
-"""Local pods: an EP group of (reference engine, sidecar) process pairs on this machine.
+"""Local pods: an EP group of (engine, sidecar) process pairs on this machine.
 
 What the tests, the sandbox and the benchmarks start instead of GPU pods: each pod is two
 real processes sharing a table directory, the sidecars form their gloo groups over
 localhost.  Ports are picked free; ``LocalGroup.stop()`` (or the context manager) ends
-every process.
+every process.  The engines are the reference engine, or with ``transformers=`` a Hugging
+Face MoE model (:mod:`eplb_sidecar.adapters.transformers`), whose engines form their own
+gloo group through a rendezvous file in the work directory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from types import TracebackType
 
 import torch
 
+from eplb_sidecar.adapters.transformers.options import TransformersOptions
+from eplb_sidecar.adapters.transformers.probe import LogitsProbe, merge_logits
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
 from eplb_sidecar.engine.reference import ReferenceEngine
@@ -96,6 +100,7 @@ class LocalGroup:
         devices: list[str] | None = None,
         backend: str = "gloo",
         sidecar_env: dict[int, dict[str, str]] | None = None,
+        transformers: TransformersOptions | None = None,
     ) -> None:
         self.config = config
         self.workdir = workdir
@@ -111,6 +116,12 @@ class LocalGroup:
         # Extra environment of the first sidecar of a rank (fault injection: a container
         # restarted later starts without it).
         self.sidecar_env = sidecar_env or {}
+        # A Hugging Face model instead of the reference engine (its rendezvous is ours).
+        self.transformers = transformers
+        self.rendezvous = workdir / "engines.rendezvous"
+        if transformers is not None and not serve_engines:
+            raise ValueError("transformers engines always serve (serve_engines=False is for "
+                             "the reference engine's tables)")  # fmt: skip
         if step_interval is not None:
             config.workload.step_interval = step_interval
         self.pods = [
@@ -124,8 +135,17 @@ class LocalGroup:
 
     # -- the engines' own API -----------------------------------------------------------
     def probe(self, tokens: int = 16, seed: int = 12345) -> torch.Tensor:
-        """``[L, T, H]``: the group's MoE outputs for fixed inputs (see engine.probe)."""
+        """The group's outputs for fixed inputs: the reference engine's MoE outputs
+        ``[L, T, H]`` (see engine.probe), a transformers model's logits ``[T, vocab]``
+        (every rank's, checked to be the same)."""
         body = ProbeRequest(tokens=tokens, seed=seed).model_dump_json().encode()
+        if self.transformers is not None:
+            return merge_logits(
+                [
+                    LogitsProbe.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
+                    for pod in self.pods
+                ]
+            )
         parts = [
             ProbePart.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
             for pod in self.pods
@@ -140,6 +160,7 @@ class LocalGroup:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> LocalGroup:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.rendezvous.unlink(missing_ok=True)  # a stale file would join an old group
         self.token_file.write_text(self.token)
         self.token_file.chmod(0o600)
         for pod in self.pods:
@@ -174,6 +195,12 @@ class LocalGroup:
         ]  # fmt: skip
         if workload.tokens_per_second is not None:
             args += ["--tokens-per-second", str(workload.tokens_per_second)]
+        if self.transformers is not None:
+            args += [
+                "--implementation", "transformers", "--model", self.transformers.architecture,
+                "--dispatch-block", str(self.transformers.dispatch_block),
+                "--dist-init", self.rendezvous.resolve().as_uri(),
+            ]  # fmt: skip
         pod.engine = self._spawn(pod, "engine", args)
 
     def start_sidecar(self, pod: LocalPod, env: dict[str, str] | None = None) -> None:
@@ -242,6 +269,9 @@ class LocalGroup:
 
     def restart_pod(self, pod: LocalPod) -> LocalPod:
         """The pod deleted and created again: both processes, a fresh table, new ports."""
+        if self.transformers is not None:
+            # Like vLLM's and SGLang's EP groups, the engines' process group is fixed at start.
+            raise ValueError("a transformers engine group cannot take a restarted rank")
         self.kill(pod, "sidecar")
         self.kill(pod, "engine")
         fresh = LocalPod(

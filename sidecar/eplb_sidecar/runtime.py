@@ -16,7 +16,7 @@ from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE, CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.reference import ReferenceEngine
-from eplb_sidecar.engine.server import engine_app
+from eplb_sidecar.engine.server import ServedEngine, engine_app
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.server import control_app, metrics_app
 from eplb_sidecar.shuffle import ShuffleExecutor
@@ -104,5 +104,11 @@ def run_engine(
     config: EngineConfig, table_dir: Path, bind: str, port: int, ports_file: Path | None = None
 ) -> None:
     """Publish the table, then serve batches (and the engine API) until SIGTERM."""
-    engine = ReferenceEngine(config, table_dir)
+    serve_engine(ReferenceEngine(config, table_dir), bind, port, ports_file)
+
+
+def serve_engine(
+    engine: ServedEngine, bind: str, port: int, ports_file: Path | None = None
+) -> None:
+    """Serve an engine that has published its table: batches and the engine API, until SIGTERM."""
     asyncio.run(_serve([("engine", engine_app(engine), bind, port)], ports_file))

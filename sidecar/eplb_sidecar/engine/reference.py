@@ -10,23 +10,20 @@ and re-reads the routing table when a commit landed.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional
 
-from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.contract.validation import start_up_placement
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeLayer, ProbePart, ProbeRequest
 from eplb_sidecar.engine.routing import choose_slots, gate, popularity_bias, replica_table
-from eplb_sidecar.engine.weights import expert_weights, router_weights
+from eplb_sidecar.engine.serving import serve_paced
+from eplb_sidecar.engine.startup import identity_placement, publish_start_up_table
+from eplb_sidecar.engine.weights import router_weights
 
-
-def identity_placement(config: EngineConfig) -> torch.Tensor:
-    """``[L, P]``: the start-up placement of the reference model."""
-    return start_up_placement(config.layers, config.ranks * config.slots_per_rank, config.experts)
+# identity_placement lives with the start-up table now; importers of this module keep it.
+__all__ = ["ReferenceEngine", "expert_ffn", "identity_placement"]
 
 
 def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -43,30 +40,7 @@ class ReferenceEngine:
         self.config = config
         self.workload = config.workload
         self.device = torch.device(config.device)
-        layout = config.layout()
-        phy2log = identity_placement(config)
-        first, S = layout.first_slot, config.slots_per_rank
-        specs = config.weight_specs()
-        local = {
-            spec.name: torch.empty(
-                (config.layers, S, *spec.shape), dtype=spec.torch_dtype, device=self.device
-            )
-            for spec in specs
-        }
-        for layer in range(config.layers):
-            for slot in range(S):
-                expert = int(phy2log[layer, first + slot])
-                for name, value in expert_weights(
-                    specs, config.seed, layer, expert, config.device
-                ).items():
-                    local[name][layer, slot].copy_(value)
-        if layout.transport == "shm":
-            self.table = ExpertTable.create(table_dir, layout, phy2log)
-            for name, value in local.items():
-                self.table.weights[name].copy_(value)
-        else:
-            self.table = ExpertTable.create(table_dir, layout, phy2log, cuda_weights=local)
-        self.table.group_load.zero_()  # this engine knows its group's loads (see step)
+        self.table = publish_start_up_table(config, table_dir)
         self.routers = torch.stack(
             [
                 router_weights(config.hidden, config.experts, config.seed, layer)
@@ -116,21 +90,7 @@ class ReferenceEngine:
 
     def serve(self, stop: threading.Event) -> None:
         """Serve steps until ``stop`` is set (the engine's main loop)."""
-        last = time.monotonic()
-        owed = 0.0
-        while not stop.is_set():
-            rate = self.workload.tokens_per_second
-            if rate is None:
-                self.step()
-            else:
-                now = time.monotonic()
-                owed = min(owed + rate * (now - last), 2.0 * rate)  # ≤ 2 s after a stall
-                last = now
-                if owed >= 1:
-                    self.step(int(owed))
-                    owed -= int(owed)
-            if self.workload.step_interval:
-                stop.wait(self.workload.step_interval)
+        serve_paced(self.step, lambda: self.workload, stop)
 
     def set_workload(self, workload: Workload) -> None:
         self.workload = workload

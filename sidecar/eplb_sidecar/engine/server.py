@@ -1,8 +1,10 @@
-"""The reference engine's own HTTP API (what vLLM's server is to vLLM): workload and probes.
+"""An engine's own HTTP API (what vLLM's server is to vLLM): workload and probes.
 
 ``GET /healthz``; ``GET /v1/status``; ``GET|POST /v1/workload`` (:class:`Workload`);
-``POST /v1/probe`` (:class:`ProbeRequest` → :class:`ProbePart`).  The serving loop runs in
-a thread from startup to cleanup.
+``POST /v1/probe`` (:class:`ProbeRequest` → the engine's probe answer: the reference
+engine's :class:`ProbePart`, the transformers adapter's logits).  The serving loop runs in a
+thread from startup to cleanup.  Served for the reference engine and for the ``transformers``
+adapter alike (:class:`ServedEngine`).
 """
 
 from __future__ import annotations
@@ -10,15 +12,33 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from eplb_sidecar.engine.config import Workload
+from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeRequest
-from eplb_sidecar.engine.reference import ReferenceEngine
 
-ENGINE_KEY = web.AppKey("engine", ReferenceEngine)
+
+class ServedEngine(Protocol):
+    """What the engine API needs of an engine."""
+
+    config: EngineConfig
+    table: ExpertTable
+    workload: Workload
+    steps: int
+    tokens_served: int
+
+    def set_workload(self, workload: Workload) -> None: ...
+
+    def probe(self, request: ProbeRequest) -> BaseModel: ...
+
+    def serve(self, stop: threading.Event) -> None: ...
+
+
+ENGINE_KEY: web.AppKey[ServedEngine] = web.AppKey("engine")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -62,7 +82,7 @@ async def probe(request: web.Request) -> web.Response:
     return web.json_response(part.model_dump())
 
 
-def engine_app(engine: ReferenceEngine) -> web.Application:
+def engine_app(engine: ServedEngine) -> web.Application:
     app = web.Application()
     app[ENGINE_KEY] = engine
 
