@@ -4,18 +4,25 @@ reported as a condition and an Event, not a crash loop."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from eplb_local.kube.audit import Access, accesses, denied
-from eplb_local.world import World
-from tests.operator.conftest import apply_offline, mapping_json, planned
+from eplb_local.world import LocalKube, World
+from tests.operator.conftest import apply_offline, build_world, mapping_json, planned
 
 from .test_chart import by_kind, render
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "eplb-eplb-operator"  # the chart's ServiceAccount for the release `eplb`
+
+
+@pytest.fixture
+def world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
+    yield from build_world(kube, tmp_path, namespace, with_prometheus=False)
 
 
 def granted(rules: list[dict[str, list[str]]]) -> set[Access]:

@@ -54,13 +54,14 @@ eplb.io/group: {{ .group | quote }}
     - {name: eplb-control, containerPort: {{ .Values.controlPort }}, protocol: TCP}
     - {name: eplb-metrics, containerPort: {{ .Values.metricsPort }}, protocol: TCP}
     - {name: eplb-transfer, containerPort: {{ .Values.transferPort }}, protocol: TCP}
+  {{- with .Values.readinessProbe }}
   readinessProbe:
-    httpGet: {path: /healthz, port: eplb-metrics}
-    periodSeconds: 5
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.livenessProbe }}
   livenessProbe:
-    httpGet: {path: /healthz, port: eplb-metrics}
-    periodSeconds: 20
-    failureThreshold: 6
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
   {{- with .Values.securityContext }}

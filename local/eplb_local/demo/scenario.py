@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from eplb_local.demo.options import NAME, DemoOptions, Fault, placement_manifest
-from eplb_local.demo.periodic import Periodic
+from eplb_local.world.periodic import Periodic
 from eplb_local.demo.summary import DemoSummary, FaultResult, PhaseResult
 from eplb_local.demo.view import DemoView
 from eplb_local.demo.watch import XPL_PATH, OperatorWatch, condition

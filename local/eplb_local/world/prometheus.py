@@ -1,14 +1,16 @@
-"""A real Prometheus (the ``prometheus`` binary) finding the sidecars as a PodMonitor would.
+"""A real Prometheus (the ``prometheus`` binary) scraping the sidecars a PodMonitor selects.
 
-It discovers pods through the API server (``kubernetes_sd_configs``, role ``pod``, the test's
-namespace) with a ServiceAccount of its own that may only list and watch pods there, keeps
-the containers' ``eplb-metrics`` ports of pods labelled ``eplb.io/sidecar: "true"``, and
-gives their series the ``namespace`` and ``pod`` labels the operator's queries use — what
-the chart's PodMonitor makes the Prometheus Operator configure.
+Debian's Prometheus is built without ``kubernetes_sd_configs``, so the targets come from a
+file (``file_sd_configs``) that ``refresh()`` rewrites from the API server's pods: the
+``eplb-metrics`` port of every running pod labelled ``eplb.io/sidecar: "true"`` in the
+namespace, with the ``namespace`` and ``pod`` labels the operator's queries use, under the
+job name a PodMonitor gets — what the chart's PodMonitor makes the Prometheus Operator
+configure. Prometheus notices the file change at once.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -21,8 +23,6 @@ import yaml
 from eplb_local.kube.api import Api
 from eplb_sidecar.launch import free_port, stop_processes
 
-ACCOUNT = "eplb-local-prometheus"
-
 
 class PrometheusMissingError(FileNotFoundError):
     """No ``prometheus`` binary on PATH (Debian/Ubuntu: ``apt-get install prometheus``)."""
@@ -33,7 +33,6 @@ class LocalPrometheus:
         self,
         workdir: Path,
         api: Api,
-        ca_file: Path,
         namespace: str,
         host: str,
         scrape_interval: str = "1s",
@@ -47,7 +46,6 @@ class LocalPrometheus:
         self.binary = binary
         self.workdir = workdir
         self.api = api
-        self.ca_file = ca_file
         self.namespace = namespace
         self.host = host  # the pod network's host address: the operator's pod reaches it there
         self.scrape_interval = scrape_interval
@@ -59,61 +57,46 @@ class LocalPrometheus:
         return f"http://{self.host}:{self.port}"
 
     @property
-    def token_file(self) -> Path:
-        return self.workdir / "token"
+    def targets_file(self) -> Path:
+        return self.workdir / "targets.json"
 
     def config(self) -> dict[str, object]:
-        relabel = [
-            {"source_labels": ["__meta_kubernetes_pod_label_eplb_io_sidecar"],
-             "regex": "true", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
-             "regex": "eplb-metrics", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ]  # fmt: skip
         return {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": "1s"},
             "scrape_configs": [
                 {
                     "job_name": f"podMonitor/{self.namespace}/eplb-sidecars/0",
-                    "kubernetes_sd_configs": [
-                        {
-                            "role": "pod",
-                            "api_server": self.api.url,
-                            "namespaces": {"names": [self.namespace]},
-                            "tls_config": {"ca_file": str(self.ca_file)},
-                            "authorization": {"credentials_file": str(self.token_file)},
-                        }
-                    ],
-                    "relabel_configs": relabel,
+                    "file_sd_configs": [{"files": [str(self.targets_file)]}],
                 }
             ],
         }
 
-    def grant(self) -> None:
-        """Its ServiceAccount, allowed to list and watch the namespace's pods, and a token."""
-        base = f"/api/v1/namespaces/{self.namespace}"
-        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{self.namespace}"
-        self.api.post(f"{base}/serviceaccounts", {"metadata": {"name": ACCOUNT}})
-        self.api.post(f"{rbac}/roles", {
-            "metadata": {"name": ACCOUNT},
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}],
-        })  # fmt: skip
-        self.api.post(f"{rbac}/rolebindings", {
-            "metadata": {"name": ACCOUNT},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
-            "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": self.namespace}],
-        })  # fmt: skip
-        token = self.api.checked("POST", f"{base}/serviceaccounts/{ACCOUNT}/token", {
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 86400},
-        })["status"]["token"]  # fmt: skip
-        self.token_file.touch(mode=0o600, exist_ok=True)
-        self.token_file.write_text(token)
+    def refresh(self) -> None:
+        """Write the targets the PodMonitor would select now (atomically, only on change)."""
+        reply = self.api.get(
+            f"/api/v1/namespaces/{self.namespace}/pods", labelSelector="eplb.io/sidecar=true"
+        )
+        targets = []
+        for pod in reply.body.get("items", []) if reply.code == 200 else []:
+            ip = (pod.get("status") or {}).get("podIP")
+            if not ip or "deletionTimestamp" in pod["metadata"]:
+                continue
+            for container in pod["spec"]["containers"]:
+                for port in container.get("ports", []):
+                    if port.get("name") == "eplb-metrics":
+                        labels = {"namespace": self.namespace, "pod": pod["metadata"]["name"]}
+                        targets.append({"targets": [f"{ip}:{port['containerPort']}"],
+                                        "labels": labels})  # fmt: skip
+        text = json.dumps(sorted(targets, key=lambda t: t["labels"]["pod"]), indent=1)
+        if self.targets_file.exists() and self.targets_file.read_text() == text:
+            return
+        staging = self.targets_file.with_suffix(".tmp")
+        staging.write_text(text)
+        staging.replace(self.targets_file)
 
     def start(self, timeout: float = 60.0) -> LocalPrometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.grant()
+        self.refresh()
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config()))
         log = open(self.workdir / "prometheus.log", "ab")  # noqa: SIM115 — lives with the process

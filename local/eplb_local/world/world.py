@@ -28,6 +28,7 @@ import yaml
 
 from eplb_local.node.volumes import memory_dir
 from eplb_local.world.kube import REPOSITORY, LocalKube
+from eplb_local.world.periodic import Periodic
 from eplb_local.world.prometheus import LocalPrometheus
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
@@ -44,6 +45,18 @@ SERVING_RELEASE = "moe"
 CHECKPOINT_MOUNT = "/models/reference"
 FAULTS_MOUNT = "/var/run/eplb-faults"
 TOKEN_SECRET = "eplb-sidecar-token"
+
+
+class Discovery(Periodic):
+    """Keeps Prometheus's targets in step with the pods, as the Prometheus Operator does."""
+
+    def __init__(self, prometheus: LocalPrometheus) -> None:
+        super().__init__("discovery", 0.5)
+        self.prometheus = prometheus
+
+    def tick(self) -> None:
+        with contextlib.suppress(OSError):  # the API server away a moment: the next tick
+            self.prometheus.refresh()
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class World:
     with_prometheus: bool = False
     started: float = 0.0  # monotonic time when every engine was serving
     prometheus: LocalPrometheus | None = None
+    _discovery: Discovery | None = None
 
     @property
     def host_address(self) -> str:
@@ -113,9 +127,11 @@ class World:
             # Scrapes much finer than a 10 s window: increase() extrapolates each target
             # from its own scrape phase, a bias of up to interval/window per pod.
             self.prometheus = LocalPrometheus(
-                self.workdir / "prometheus", self.kube.api_checked(), self.kube.plane.pki.ca.cert,
-                self.namespace, self.host_address, scrape_interval="250ms",
+                self.workdir / "prometheus", self.kube.api_checked(), self.namespace,
+                self.host_address, scrape_interval="250ms",
             ).start()  # fmt: skip
+            self._discovery = Discovery(self.prometheus)
+            self._discovery.start()
         self.wait_ready(timeout)
         self.started = time.monotonic()
         return self
@@ -164,6 +180,8 @@ class World:
                 ],
                 # Many sidecars share two cores here: no requests the node would refuse.
                 "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+                # Ready as soon as it is: tests wait on it.
+                "readinessProbe": {"periodSeconds": 1},
             },
         }  # fmt: skip
         self._helm_install(SERVING_RELEASE, chart, values)
@@ -179,6 +197,8 @@ class World:
     def stop(self) -> None:
         """Delete the ExpertPlacements while the operator still runs (it removes its
         finalizer), uninstall both releases, delete the namespace; wait for its pods to go."""
+        if self._discovery is not None:
+            self._discovery.stop()
         if self.prometheus is not None:
             self.prometheus.stop()
         if self.operator:
@@ -379,8 +399,10 @@ class World:
         return list(reply.body["items"])
 
     def revisions(self) -> list[dict[str, Any]]:
+        """The operator's ControllerRevisions (not the StatefulSets' own), oldest first."""
         path = f"/apis/apps/v1/namespaces/{self.namespace}/controllerrevisions"
-        return list(self.kube.api_checked().get(path).body["items"])
+        items = self.kube.api_checked().get(path, labelSelector="eplb.io/placement").body["items"]
+        return sorted(items, key=lambda r: int(r.get("revision", 0)))
 
     def wait(self, check: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
