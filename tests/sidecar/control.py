@@ -42,17 +42,9 @@ class ControlServer:
     token_file: Path
     port: int
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes = b"",
-        headers: list[tuple[bytes, bytes]] | None = None,
-        token: bytes | None = TOKEN.encode(),
-        timeout: float = 30.0,
-        repeat: int = 1,
-    ) -> Answer:
-        return await raw_request(self.port, method, path, body, headers, token, timeout, repeat)
+    async def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Answer:
+        """:func:`raw_request` to this pod."""
+        return await raw_request(self.port, method, path, *args, **kwargs)
 
 
 async def raw_request(

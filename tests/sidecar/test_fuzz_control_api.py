@@ -79,17 +79,9 @@ class Pod:
             live[key].copy_(value)
         self.server.executor.staged.clear()
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-        token: bytes | None,
-    ) -> Answer:
-        coroutine = raw_request(
-            self.server.port, method, path, body, headers, token, timeout=CALL_SECONDS
-        )
+    def call(self, *request: Any) -> Answer:
+        """``request``: (method, path, body, headers, token), as :func:`draw_call` makes."""
+        coroutine = raw_request(self.server.port, *request, timeout=CALL_SECONDS)
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(CALL_SECONDS + 5)
 
 
