@@ -9,11 +9,30 @@ Calls are idempotent by (revision, layer).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 API_PREFIX = "/v1"
+
+# Bounds of every integer that reaches a tensor, the same as the ExpertPlacement CRD's
+# (ModelShape.layers, ModelShape.experts, TopologySpec.ranks and slotsPerRank; a unit test
+# holds them equal): anything larger cannot be a valid request for any pod, and checking it
+# here keeps it away from torch, where it would overflow int64 part-way through a call.
+MAX_LAYERS = 1024
+MAX_EXPERTS = 8192
+MAX_RANKS = 16384
+MAX_SLOTS_PER_RANK = 4096
+MAX_REVISION = 2**63 - 1  # revisions are stored in an int64 tensor
+MAX_TIMEOUT_SECONDS = 3600.0
+
+# Strict: JSON numbers only (no "3", 3.0 or true standing in for an id).
+LayerId = Annotated[int, Field(strict=True, ge=0, lt=MAX_LAYERS)]
+ExpertId = Annotated[int, Field(strict=True, ge=0, lt=MAX_EXPERTS)]
+RankId = Annotated[int, Field(strict=True, ge=0, lt=MAX_RANKS)]
+Revision = Annotated[int, Field(strict=True, ge=1, le=MAX_REVISION)]
+Timeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS, allow_inf_nan=False)]
+Phy2Log = Annotated[list[ExpertId], Field(min_length=1, max_length=MAX_RANKS * MAX_SLOTS_PER_RANK)]
 
 
 class TransferGroup(BaseModel):
@@ -22,14 +41,36 @@ class TransferGroup(BaseModel):
     Every participant receives the same object.  ``session`` names one process-group
     incarnation: the operator changes it whenever membership changes or a prepare failed, so
     a broken group is never reused.  ``store`` is ``host:port`` of the rendezvous store,
-    served by the sidecar of the lowest participating rank on its transfer port.
+    served by the sidecar of the lowest participating rank on its transfer port.  Only
+    peers that prove they hold the session's key get through to the store (see
+    :mod:`eplb_sidecar.rendezvous`); the key derives from ``secret``, which the operator
+    makes per session and hands out only over this authenticated API, or, while an operator
+    sends none, from the control API's bearer token.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     session: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/-]+$")
-    store: str = Field(pattern=r"^[^:\s]+:\d{1,5}$")
-    ranks: list[int] = Field(min_length=1, description="Participating ranks, ascending.")
+    store: str = Field(max_length=300, pattern=r"^[^:\s]+:\d{1,5}$")
+    ranks: list[RankId] = Field(
+        min_length=1, max_length=MAX_RANKS, description="Participating ranks, ascending."
+    )
+    secret: str | None = Field(
+        default=None,
+        min_length=32,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The session's shared secret (e.g. secrets.token_urlsafe(32)); the same "
+        "for every participant.",
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _port_in_range(cls, store: str) -> str:
+        port = int(store.rsplit(":", 1)[1])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 1-65535")
+        return store
 
 
 class PrepareRequest(BaseModel):
@@ -37,14 +78,16 @@ class PrepareRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    revision: int = Field(ge=1, description="Placement revision; increases per layer.")
-    layers: dict[int, list[int]] = Field(
-        min_length=1, description="layer → phy2log of every slot of the EP group, [P]."
+    revision: Revision = Field(description="Placement revision; increases per layer.")
+    layers: dict[LayerId, Phy2Log] = Field(
+        min_length=1,
+        max_length=MAX_LAYERS,
+        description="layer → phy2log of every slot of the EP group, [P].",
     )
     transfer: TransferGroup | None = Field(
         default=None, description="Peers to fetch from; None: only local slots and checkpoint."
     )
-    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    timeout_seconds: Timeout = 30.0
 
 
 class CommitRequest(BaseModel):
@@ -52,9 +95,9 @@ class CommitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    revision: int = Field(ge=1)
-    layers: list[int] = Field(min_length=1)
-    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    revision: Revision
+    layers: list[LayerId] = Field(min_length=1, max_length=MAX_LAYERS)
+    timeout_seconds: Timeout = 30.0
 
 
 class AbortRequest(BaseModel):
@@ -62,8 +105,8 @@ class AbortRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    revision: int = Field(ge=1)
-    layers: list[int] | None = None
+    revision: Revision
+    layers: list[LayerId] | None = Field(default=None, max_length=MAX_LAYERS)
 
 
 class LayerResult(BaseModel):
@@ -92,7 +135,7 @@ class Result(BaseModel):
 class Problem(BaseModel):
     """A refused call: ``reason`` is a CamelCase word an operator can switch on."""
 
-    reason: str
+    reason: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=100)
     message: str
 
 
@@ -117,3 +160,23 @@ class Info(BaseModel):
         default=None, description="[L, P] phy2log, with ?placement=true."
     )
     checkpoint: bool = Field(description="Whether experts can be re-read from a checkpoint.")
+
+
+def largest_request_bytes(layers: int, num_slots: int, experts: int, ranks: int) -> int:
+    """Bytes of the largest valid request to a pod of this shape, as compact JSON.
+
+    That is a prepare of every layer (``num_slots`` ids of the widest width each) with the
+    largest revision and timeout and the longest transfer block; commit and abort name
+    layers only, far less.  The control server sizes its body limit from it.
+    """
+    widest_id = len(str(experts - 1)) + len(", ")
+    layer = len(f'"{layers - 1}": [], ') + num_slots * widest_id
+    transfer = (
+        len('"transfer": {"session": "", "store": "", "ranks": [], "secret": ""}, ')
+        + 200  # session
+        + 300  # store
+        + 256  # secret
+        + ranks * (len(str(ranks - 1)) + len(", "))
+    )
+    top = len('{"revision": , "layers": {}, "timeout_seconds": }') + 19 + 24
+    return top + layers * layer + transfer

@@ -6,7 +6,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from eplb_sidecar.api import (
     API_PREFIX,
@@ -19,6 +19,9 @@ from eplb_sidecar.api import (
 )
 
 Model = TypeVar("Model", bound=BaseModel)
+
+PROBLEM_BYTES = 64 * 1024  # of a refusal's body (a Problem is far smaller)
+QUOTED_BYTES = 120  # of a foreign body, in the error message
 
 
 class SidecarError(RuntimeError):
@@ -101,11 +104,33 @@ class SidecarClient:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
-                data = await resp.json(content_type=None)
                 if resp.status != 200:
-                    raise SidecarError(url, resp.status, Problem.model_validate(data))
-                return answer.model_validate(data)
+                    data = await resp.content.read(PROBLEM_BYTES)
+                    raise SidecarError(url, resp.status, _problem(resp.status, data))
+                data = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as error:
             raise SidecarError(
                 url, 0, Problem(reason="Unreachable", message=f"{type(error).__name__}: {error}")
             ) from error
+        try:
+            return answer.model_validate_json(data)
+        except ValidationError:
+            raise SidecarError(url, 200, _not_a_sidecar(200, data)) from None
+
+
+def _problem(status: int, body: bytes) -> Problem:
+    """A refusal's Problem; whatever else answered (a proxy, another server on the port)
+    becomes an ``UnexpectedAnswer`` that quotes the start of its body."""
+    try:
+        return Problem.model_validate_json(body)
+    except ValidationError:
+        return _not_a_sidecar(status, body)
+
+
+def _not_a_sidecar(status: int, body: bytes) -> Problem:
+    quoted = body[:QUOTED_BYTES].decode("utf-8", "replace")
+    return Problem(
+        reason="UnexpectedAnswer",
+        message=f"HTTP {status} with a body that is not the sidecar's (another server on "
+        f"the port?): {quoted!r}",
+    )

@@ -8,7 +8,8 @@ rank 0's slot 0 needs expert 1, which its own slot 1 holds: a local copy, which 
 before slot 1 is overwritten with expert 2; expert 2 it lacks, so rank 1 sends it (from its
 slot 0).  Symmetrically rank 1 copies expert 0 from its slot 1 into slot 0 first, and
 receives expert 1 from rank 0.  :func:`commit_order` orders such copies and breaks cycles
-(slot a ← b ← a) by saving one slot's old contents at prepare time.
+(slot a ← b ← a) by saving one slot's old contents at prepare time; :func:`undo_order` says
+how to put every changed slot back should a commit fail part-way.
 """
 
 from __future__ import annotations
@@ -161,3 +162,34 @@ def commit_order(
             order.append(Write(slot, sources[slot]))
             pending.discard(slot)
     return order, saved
+
+
+def undo_order(
+    old: torch.Tensor, new: torch.Tensor, rank: int, slots_per_rank: int, saved: list[int]
+) -> tuple[list[Write], list[int]]:
+    """How to restore the old contents of every slot :func:`commit_order` writes, from any
+    point of the commit, plus the extra slots to save at prepare for it.
+
+    ``old``/``new`` are ``[P]``; ``saved`` are the slots commit_order already saves.  Every
+    source is one the commit never writes: an unchanged slot holding the same expert, or a
+    copy saved at prepare.  So the restores work in any order, whichever writes ran.  A
+    changed slot whose expert has neither (it leaves this rank) is saved at prepare: that
+    copy is the price of an all-or-nothing commit, paid outside the engine's stall.
+    """
+    first = rank * slots_per_rank
+    old_local = old[first : first + slots_per_rank].tolist()
+    changed = changed_slots(old, new, rank, slots_per_rank)
+    stable = {old_local[s]: s for s in range(slots_per_rank) if s not in changed}
+    copies = {old_local[s]: s for s in saved}
+    restores: list[Write] = []
+    extra: list[int] = []
+    for slot in changed:
+        expert = old_local[slot]
+        if expert in stable:
+            restores.append(Write(slot, FromSlot(stable[expert])))
+            continue
+        if expert not in copies:
+            copies[expert] = slot
+            extra.append(slot)
+        restores.append(Write(slot, FromSaved(copies[expert])))
+    return restores, extra

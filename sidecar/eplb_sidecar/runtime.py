@@ -18,7 +18,7 @@ from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.engine.server import ServedEngine, engine_app
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.server import control_app, metrics_app
+from eplb_sidecar.server import TokenFile, control_app, metrics_app
 from eplb_sidecar.shuffle import ShuffleExecutor
 from eplb_sidecar.transfer import Backend, PeerGroups
 
@@ -74,13 +74,16 @@ async def _serve(
 def run_sidecar(options: SidecarOptions) -> None:
     """Attach to the engine's table (waiting for it) and serve until SIGTERM."""
     if not options.token_file.is_file():
-        raise SystemExit(f"eplb-sidecar: token file {options.token_file} does not exist")
+        # Served anyway: /metrics keeps flowing, and the control API answers 503
+        # TokenUnavailable until the Secret appears (it is re-read on every call).
+        log.warning("token file %s does not exist (yet)", options.token_file)
+    token = TokenFile(options.token_file)
     table = ExpertTable.attach(options.table_dir, timeout=options.wait_seconds)
     device = torch.device(table.layout.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # NCCL and staging use the engine's GPU
     peers = (
-        PeerGroups(options.bind, options.transfer_port, options.backend)
+        PeerGroups(options.bind, options.transfer_port, options.backend, token.current)
         if options.peer_transfers
         else None
     )
@@ -91,7 +94,7 @@ def run_sidecar(options: SidecarOptions) -> None:
     )
     executor = ShuffleExecutor(table, options.pod, peers, checkpoint)
     metrics = SidecarMetrics(table)
-    control = control_app(executor, metrics, options.token_file)
+    control = control_app(executor, metrics, token)
     apps = [
         ("control", control, options.bind, options.control_port),
         ("metrics", metrics_app(metrics), options.bind, options.metrics_port),

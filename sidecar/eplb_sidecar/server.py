@@ -4,13 +4,19 @@ Control port: ``/v1/*`` needs ``Authorization: Bearer <token>``, the token read 
 (a mounted Secret; re-read when the file changes, so rotation needs no restart).  Calls are
 serialized; the blocking work (transfers, copies) runs in a worker thread.  Metrics port:
 ``/metrics`` and ``/healthz``, no token, so Prometheus and the kubelet need no secret.
+
+Every refusal is a :class:`~eplb_sidecar.api.Problem` (JSON, a CamelCase reason) with a 4xx,
+or 503 while the pod cannot serve (no token file, engine busy, a peer gone): never an
+HTML error page, and never a 500 for anything a caller sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,9 +26,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from eplb_sidecar.api import API_PREFIX, AbortRequest, CommitRequest, PrepareRequest, Problem
+from eplb_sidecar.api import (
+    API_PREFIX,
+    AbortRequest,
+    CommitRequest,
+    PrepareRequest,
+    Problem,
+    largest_request_bytes,
+)
+from eplb_sidecar.contract.layout import TableLayout
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
+
+log = logging.getLogger("eplb_sidecar")
 
 FAULT_ENV = "EPLB_SIDECAR_FAULT"
 FAULT_FILE_ENV = "EPLB_SIDECAR_FAULT_FILE"
@@ -51,6 +67,23 @@ def die_of_fault() -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
+# A body larger than any valid request for this table is refused (413) once that many
+# bytes arrived, so a caller cannot make the sidecar buffer hundreds of MiB (the chart
+# limits it to 2 GiB).  Slack: the largest request as compact JSON, times room for
+# indentation; the floor keeps small tables comfortable.
+BODY_LIMIT_FLOOR = 1 << 20
+BODY_LIMIT_SLACK = 4
+
+
+def body_limit(layout: TableLayout) -> int:
+    """Most bytes a control request to this pod may have."""
+    largest = largest_request_bytes(layout.layers, layout.num_slots, layout.experts, layout.ranks)
+    return max(BODY_LIMIT_FLOOR, BODY_LIMIT_SLACK * largest)
+
+
+class TokenUnavailableError(RuntimeError):
+    """The token file is missing or unreadable: no call can be authenticated (503)."""
+
 
 class TokenFile:
     """The bearer token in a file, re-read when its modification time changes."""
@@ -60,20 +93,38 @@ class TokenFile:
         self._mtime = -1.0
         self._token = b""
 
-    def matches(self, presented: str) -> bool:
-        mtime = self.path.stat().st_mtime
-        if mtime != self._mtime:
-            self._token = self.path.read_bytes().strip()
-            self._mtime = mtime
-        if not self._token:
+    def current(self) -> bytes:
+        """The token (empty when the file is); raises TokenUnavailableError without one.
+
+        A file that disappears stops the old token from working too: a deleted Secret
+        must not keep the API open.
+        """
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime != self._mtime:
+                self._token = self.path.read_bytes().strip()
+                self._mtime = mtime
+        except OSError as error:
+            self._mtime, self._token = -1.0, b""
+            log.warning("token file %s: %s", self.path, error)
+            raise TokenUnavailableError(
+                "the control API's token file is missing or unreadable (is the Secret "
+                "mounted?); retry later"
+            ) from error
+        return self._token
+
+    def matches(self, presented: bytes) -> bool:
+        token = self.current()
+        if not token:
             return False  # an empty Secret must not open the API
-        return hmac.compare_digest(presented.encode(), self._token)
+        return hmac.compare_digest(presented, token)
 
 
 EXECUTOR_KEY = web.AppKey("executor", ShuffleExecutor)
 METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
 TOKEN_KEY = web.AppKey("token", TokenFile)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
+BODY_LIMIT_KEY = web.AppKey("body_limit", int)
 
 
 async def inject_fault(phase: str) -> None:
@@ -100,27 +151,61 @@ def problem(status: int, reason: str, message: str) -> web.Response:
 
 
 @web.middleware
+async def problems_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own refusals (404, 405, 413, …) as Problems too; a bug as a 500 Problem."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        reason = re.sub(r"[^A-Za-z0-9]", "", error.reason.title()) or "HttpError"
+        return problem(error.status, reason, error.reason)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return problem(500, "InternalError", "the sidecar failed; see its log")
+
+
+@web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith(API_PREFIX):
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         return problem(401, "Unauthorized", "missing bearer token")
-    if not request.app[TOKEN_KEY].matches(presented.strip()):
+    try:
+        credential = presented.encode("ascii")
+    except UnicodeEncodeError:
+        return problem(401, "Unauthorized", "the bearer token is not ASCII")
+    try:
+        accepted = request.app[TOKEN_KEY].matches(credential)
+    except TokenUnavailableError as error:
+        return problem(503, "TokenUnavailable", str(error))
+    if not accepted:
         return problem(401, "Unauthorized", "wrong bearer token")
     return await handler(request)
 
 
 async def _parse(request: web.Request, model: type[RequestModel]) -> RequestModel:
+    """The body as ``model``: pydantic's own JSON parser, which bounds nesting depth and
+    number size, and takes dict keys as the strict integers the models ask for."""
     try:
-        return model.model_validate(await request.json())
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as error:
+        raise RefusedError(
+            413,
+            "RequestTooLarge",
+            f"the body is over {request.app[BODY_LIMIT_KEY]} bytes, more than any valid "
+            f"request to this pod",
+        ) from error
+    try:
+        return model.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise RefusedError(400, "InvalidRequest", f"body is not JSON: {first['msg']}") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise RefusedError(400, "InvalidRequest", f"{where}: {first['msg']}") from error
-    except ValueError as error:
-        raise RefusedError(400, "InvalidRequest", f"body is not JSON: {error}") from error
+        raise RefusedError(400, "InvalidRequest", f"{where}: {first['msg']}") from None
 
 
 async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web.Response:
@@ -179,11 +264,15 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def control_app(executor: ShuffleExecutor, metrics: SidecarMetrics, token: Path) -> web.Application:
-    app = web.Application(middlewares=[require_token], client_max_size=256 * 1024 * 1024)
+def control_app(
+    executor: ShuffleExecutor, metrics: SidecarMetrics, token: TokenFile
+) -> web.Application:
+    limit = body_limit(executor.table.layout)
+    app = web.Application(middlewares=[problems_only, require_token], client_max_size=limit)
     app[EXECUTOR_KEY] = executor
     app[METRICS_KEY] = metrics
-    app[TOKEN_KEY] = TokenFile(token)
+    app[TOKEN_KEY] = token
+    app[BODY_LIMIT_KEY] = limit
     app[LOCK_KEY] = asyncio.Lock()
     app.add_routes(
         [

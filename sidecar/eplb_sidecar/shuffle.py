@@ -4,7 +4,10 @@ prepare validates everything first, then stages: experts this rank lacks arrive 
 (or the checkpoint) into staging buffers, and slots that a copy cycle would overwrite are
 saved.  Nothing the engine reads changes.  commit holds the engine at a step boundary,
 writes each changed slot exactly once (in an order that never reads an overwritten slot)
-and flips the routing table.  abort drops staging.  Idempotent by (revision, layer).
+and flips the routing table; it is all-or-nothing: should anything fail part-way, every
+layer it touched is put back before the engine is released (from sources the commit never
+writes, see :func:`~eplb_sidecar.moves.undo_order`).  abort drops staging.  Idempotent by
+(revision, layer).
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from eplb_sidecar.moves import (
     Write,
     commit_order,
     plan_fetches,
+    undo_order,
 )
 from eplb_sidecar.transfer import PeerGroups, TransferError, agree, digest, exchange
 
 Weights = dict[str, torch.Tensor]
+Copies = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class RefusedError(Exception):
@@ -53,17 +58,21 @@ class RefusedError(Exception):
 
 @dataclass
 class StagedLayer:
-    """A prepared layer: the new ``phy2log`` ``[P]``, the writes and their staged sources."""
+    """A prepared layer: the new ``phy2log`` ``[P]`` (and the old one, ``previous``), the
+    writes and their staged sources, and the restores that undo them."""
 
     revision: int
     phy2log: torch.Tensor
+    previous: torch.Tensor
     writes: list[Write]
+    restores: list[Write]
     fetched: dict[int, Weights] = field(default_factory=dict)
     saved: dict[int, Weights] = field(default_factory=dict)
     result: LayerResult | None = None
     # (destination, source) views in commit order, built at prepare: indexing a tensor costs
     # microseconds of Python, which would otherwise stall the engine during the commit.
-    copies: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    copies: Copies = field(default_factory=list)
+    undo: Copies = field(default_factory=list)
 
 
 class ShuffleExecutor:
@@ -248,12 +257,16 @@ class ShuffleExecutor:
 
         staged: dict[int, StagedLayer] = {}
         for layer, row in fresh.items():
-            writes, saves = commit_order(pairs[layer][0], row, rank, S)
+            old = pairs[layer][0]
+            writes, saves = commit_order(old, row, rank, S)
+            restores, undo_saves = undo_order(old, row, rank, S, saves)
             staged[layer] = StagedLayer(
                 revision=request.revision,
                 phy2log=row,
+                previous=old,
                 writes=writes,
-                saved={slot: self._slot_copy(layer, slot) for slot in saves},
+                restores=restores,
+                saved={slot: self._slot_copy(layer, slot) for slot in saves + undo_saves},
             )
         if session is not None:
             try:
@@ -273,7 +286,8 @@ class ShuffleExecutor:
 
         for layer, staged_layer in staged.items():
             staged_layer.result = self._layer_result(layer, staged_layer, mine)
-            staged_layer.copies = self._copy_views(layer, staged_layer)
+            staged_layer.copies = self._copy_views(layer, staged_layer, staged_layer.writes)
+            staged_layer.undo = self._copy_views(layer, staged_layer, staged_layer.restores)
         return staged
 
     def _fetch_from_peers(
@@ -373,13 +387,16 @@ class ShuffleExecutor:
                 )
         self.last_stall_seconds = 0.0
         if to_apply:
+            # What a rollback restores besides the weights, read before the engine is held
+            # (only commits change it, and they are serialized).
+            before = [
+                (layer, self.table.counter_base[layer].clone(), int(self.table.revisions[layer]))
+                for layer in to_apply
+            ]
             try:
                 with self.table.commit_window(request.timeout_seconds):
                     held = time.perf_counter()
-                    for layer in to_apply:
-                        self._apply(layer, self.staged[layer])
-                    if self.table.layout.device.startswith("cuda"):
-                        torch.cuda.synchronize()
+                    self._apply_all(before)
                     self.last_stall_seconds = time.perf_counter() - held
             except TimeoutError as error:
                 raise RefusedError(503, "EngineBusy", str(error)) from error
@@ -397,12 +414,10 @@ class ShuffleExecutor:
             stall_seconds=self.last_stall_seconds,
         )
 
-    def _copy_views(
-        self, layer: int, staged: StagedLayer
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The commit's copies as (slot view, source view), in ``staged.writes`` order."""
+    def _copy_views(self, layer: int, staged: StagedLayer, writes: list[Write]) -> Copies:
+        """``writes`` as (slot view, source view) copies, in their order."""
         copies = []
-        for write in staged.writes:
+        for write in writes:
             for name, tensor in self.table.weights.items():
                 source = write.source
                 if isinstance(source, FromSlot):
@@ -414,6 +429,43 @@ class ShuffleExecutor:
                 copies.append((tensor[layer, write.slot], value))
         return copies
 
+    def _apply_all(self, layers: list[tuple[int, torch.Tensor, int]]) -> None:
+        """Apply every staged layer of ``layers``, or none (engine held).
+
+        ``layers``: (layer, its ``counter_base`` row ``[S]``, its revision) as they are now.
+        Should anything fail part-way (a copy, a device error), every layer touched so far
+        is put back before the engine is released, and the call is refused: the pod keeps
+        serving exactly what it served, its staging intact for a retry.
+        """
+        cuda = self.table.layout.device.startswith("cuda")
+        touched: list[tuple[int, torch.Tensor, int]] = []
+        try:
+            for entry in layers:
+                touched.append(entry)
+                self._apply(entry[0], self.staged[entry[0]])
+            if cuda:
+                torch.cuda.synchronize()
+        except Exception as error:
+            failure = f"{type(error).__name__}: {error}"
+            try:
+                for layer, counter_base, revision in reversed(touched):
+                    self._restore(layer, self.staged[layer], counter_base, revision)
+                if cuda:
+                    torch.cuda.synchronize()
+            except Exception as second:
+                raise RefusedError(
+                    500,
+                    "RollbackFailed",
+                    f"commit failed ({failure}) and putting layers {[t[0] for t in touched]} "
+                    f"back failed too ({type(second).__name__}: {second}); re-sync this pod",
+                ) from second
+            raise RefusedError(
+                503,
+                "CommitFailed",
+                f"commit failed and was rolled back, every layer serves what it served "
+                f"before ({failure})",
+            ) from error
+
     def _apply(self, layer: int, staged: StagedLayer) -> None:
         """Write the changed slots of ``layer`` and flip its routing row (engine held)."""
         for target, source in staged.copies:
@@ -422,6 +474,16 @@ class ShuffleExecutor:
         self.table.counter_base[layer, changed] = self.table.counters[layer, changed]
         self.table.routing[layer] = staged.phy2log
         self.table.revisions[layer] = staged.revision
+
+    def _restore(
+        self, layer: int, staged: StagedLayer, counter_base: torch.Tensor, revision: int
+    ) -> None:
+        """Undo :meth:`_apply` of ``layer``, wherever it stopped (engine held)."""
+        for target, source in staged.undo:
+            target.copy_(source, non_blocking=True)
+        self.table.counter_base[layer] = counter_base
+        self.table.routing[layer] = staged.previous
+        self.table.revisions[layer] = revision
 
     # -- abort ---------------------------------------------------------------------------
     def abort(self, request: AbortRequest) -> Result:

@@ -1,10 +1,11 @@
 """Peer transfers of expert weights through torch.distributed point-to-point.
 
-Each sidecar serves a rendezvous store (a ``TCPStore``) on its transfer port.  For a prepare
-with peers, the operator names a *session* and the store of the lowest participating rank;
-the participants build one process group for that session (gloo on CPU, NCCL on GPU) and
-keep it while the session lasts.  A failure poisons the session: the operator starts a new
-one, so a group with a dead member is never reused.
+Each sidecar serves a rendezvous store on its transfer port, open only to the peers of a
+session (:mod:`eplb_sidecar.rendezvous` has the threat model).  For a prepare with peers,
+the operator names a *session* and the store of the lowest participating rank; the
+participants build one process group for that session (gloo on CPU, NCCL on GPU) and keep
+it while the session lasts.  A failure poisons the session: the operator starts a new one,
+so a group with a dead member is never reused.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from torch.distributed import PrefixStore, Store, TCPStore  # type: ignore[attr-defined]
+from torch.distributed import PrefixStore, Store  # type: ignore[attr-defined]
 
 from eplb_sidecar.api import TransferGroup
+from eplb_sidecar.rendezvous import Rendezvous, session_key
 
 Backend = Literal["gloo", "nccl"]
 
@@ -37,13 +40,24 @@ class _Session:
 
 
 class PeerGroups:
-    """The rendezvous store this sidecar serves and the process group of the live session."""
+    """The rendezvous store this sidecar serves and the process group of the live session.
 
-    def __init__(self, host: str, port: int, backend: Backend = "gloo") -> None:
+    ``fallback_secret`` gives the secret of sessions the operator sent none for (the control
+    API's bearer token); without it such sessions are refused.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        backend: Backend = "gloo",
+        fallback_secret: Callable[[], bytes] | None = None,
+    ) -> None:
         self.backend = backend
-        # The store server lives as long as the sidecar; sessions use key prefixes in it.
-        self._server = TCPStore(host, port, is_master=True, wait_for_workers=False, use_libuv=True)
-        self.port = int(self._server.port)  # the bound one, when port was 0
+        # The store lives as long as the sidecar; sessions use key prefixes in it.
+        self.rendezvous = Rendezvous(host, port)
+        self.port = self.rendezvous.port  # the bound one, when port was 0
+        self._fallback_secret = fallback_secret
         self._session: _Session | None = None
         self._poisoned: set[str] = set()
         self._lock = threading.Lock()
@@ -57,11 +71,16 @@ class PeerGroups:
                 )
             if self._session is not None and self._session.name == transfer.session:
                 return self._session
+            if self._session is not None:
+                self.rendezvous.forget(self._session.name)
             self._session = None
-            host, port = transfer.store.rsplit(":", 1)
             delta = datetime.timedelta(seconds=timeout)
+            key = session_key(self._secret(transfer), transfer.session)
+            # Whichever participant serves the store, its gate must know the key before the
+            # others knock (they wait for it a while).
+            self.rendezvous.allow(transfer.session, key)
             try:
-                client = TCPStore(host, int(port), is_master=False, timeout=delta)
+                client = self.rendezvous.connect(transfer.store, transfer.session, key, timeout)
                 store = PrefixStore(f"eplb/{transfer.session}/", client)
                 index = transfer.ranks.index(rank)
                 group: Any
@@ -73,6 +92,7 @@ class PeerGroups:
                     group = dist.ProcessGroupGloo(store, index, len(transfer.ranks), delta)
             except Exception as error:
                 self._poisoned.add(transfer.session)
+                self.rendezvous.forget(transfer.session)
                 raise TransferError(
                     f"could not join session {transfer.session!r}: {error}"
                 ) from error
@@ -84,8 +104,23 @@ class PeerGroups:
     def poison(self, session: str) -> None:
         with self._lock:
             self._poisoned.add(session)
+            self.rendezvous.forget(session)
             if self._session is not None and self._session.name == session:
                 self._session = None
+
+    def _secret(self, transfer: TransferGroup) -> bytes:
+        if transfer.secret is not None:
+            return transfer.secret.encode()
+        try:
+            secret = self._fallback_secret() if self._fallback_secret is not None else b""
+        except RuntimeError as error:  # the token file went missing
+            raise TransferError(f"no secret for session {transfer.session!r}: {error}") from error
+        if not secret:
+            raise TransferError(
+                f"no secret for session {transfer.session!r}: the operator sent none and "
+                f"this sidecar has no token to derive one from"
+            )
+        return secret
 
 
 def digest(*tensors: torch.Tensor) -> int:

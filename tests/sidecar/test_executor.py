@@ -177,8 +177,13 @@ def test_bad_prepare_is_refused_with_a_reason_and_changes_nothing(
     good = rebalanced(config)
     state = snapshot(engine.table)
     bad = mutate(good[2].tolist())  # type: ignore[operator]
+    # Built without the model's own checks (negative ids stop there): the executor checks
+    # again, against this pod's shape.
+    request = PrepareRequest.model_construct(
+        revision=1, layers={0: good[0].tolist(), 2: bad}, transfer=None, timeout_seconds=30.0
+    )
     with pytest.raises(RefusedError) as refused:
-        executor.prepare(PrepareRequest(revision=1, layers={0: good[0].tolist(), 2: bad}))
+        executor.prepare(request)
     assert refused.value.status == 400 and message in refused.value.message
     assert_unchanged(engine.table, state)
     assert executor.info().staged == []

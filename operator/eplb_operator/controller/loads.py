@@ -27,9 +27,11 @@ from eplb_operator.placement.views import rank_imbalance
 from eplb_sidecar import metric_names
 
 TOKENS = metric_names.EXPERT_TOKENS.name
+# ``{namespace}``, ``{pods}`` and ``{window}`` are filled in (see fill_query); PromQL's own
+# braces stay as written, in this query and in a ``spec.metrics.loadQuery``.
 DEFAULT_QUERY = (
-    "sum by (pod, layer, expert) (increase(" + TOKENS + '{{namespace="{namespace}", '
-    'pod=~"{pods}"}}[{window}]))'
+    "sum by (pod, layer, expert) (increase(" + TOKENS + '{namespace="{namespace}", '
+    'pod=~"{pods}"}[{window}]))'
 )
 
 
@@ -120,6 +122,13 @@ def pod_regex(pods: list[str]) -> str:
     return "|".join(re.escape(pod) for pod in sorted(pods)).replace("\\", "\\\\")
 
 
+def fill_query(template: str, values: dict[str, str]) -> str:
+    """``template`` with each placeholder replaced, in one pass (a value that happens to
+    contain a placeholder's text stays as it is); every other brace is PromQL's."""
+    pattern = "|".join(re.escape(name) for name in values)
+    return re.sub(pattern, lambda match: values[match.group(0)], template)
+
+
 class PrometheusSource:
     """One PromQL query per call for the whole window, through prometheus-api-client."""
 
@@ -133,8 +142,9 @@ class PrometheusSource:
         self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout, retry=retry)
 
     def query(self, namespace: str, pods: list[str], window_seconds: int) -> str:
-        return self.query_template.format(
-            namespace=namespace, pods=pod_regex(pods), window=f"{window_seconds}s"
+        return fill_query(
+            self.query_template,
+            {"{namespace}": namespace, "{pods}": pod_regex(pods), "{window}": f"{window_seconds}s"},
         )
 
     async def window(

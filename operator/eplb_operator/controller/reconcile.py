@@ -77,6 +77,7 @@ class PlacementMemo:
     next_online: float = 0.0
     retry_after: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    degraded: tuple[str, str] | None = None  # the problem last reported with an Event
 
 
 class Reconciler:
@@ -111,9 +112,12 @@ class Reconciler:
         check = check_pods(pods, spec)
         if not check.consistent:
             return await self._degraded("PodsInconsistent", "; ".join(check.problems))
-        groups, not_ready = endpoints(pods, check.groups, spec)
-        if not_ready:
-            return await self._degraded("PodsNotReady", f"pods {not_ready} have no IP yet")
+        found = endpoints(pods, check.groups, spec)
+        if found.problems:
+            return await self._degraded("PodsInconsistent", "; ".join(found.problems))
+        if found.not_ready:
+            return await self._degraded("PodsNotReady", f"pods {found.not_ready} have no IP yet")
+        groups = found.groups
         try:
             token = await self._token(spec)
         except (KeyError, OSError, kube.ApiException) as error:
@@ -494,6 +498,11 @@ class Reconciler:
         return await self._degraded(reason, message)
 
     async def _degraded(self, reason: str, message: str, keep_ready: bool = False) -> float:
+        """Degraded=True (and Ready=False unless ``keep_ready``), with a Warning Event when
+        the problem is new: a condition alone is easy to miss, one Event per pass is spam."""
+        if self.memo.degraded != (reason, message):
+            self.memo.degraded = (reason, message)
+            self.emit("Warning", reason, message)
         conditions: Conditions = {"Degraded": ("True", reason, message)}
         if not keep_ready:
             conditions["Ready"] = ("False", reason, message)
@@ -505,6 +514,7 @@ class Reconciler:
         self, ready: tuple[str, str], progressing: tuple[str, str], **fields: Any
     ) -> None:
         """Ready=True, Progressing=False, Degraded=False: (reason, message) of the first two."""
+        self.memo.degraded = None
         await self._write(
             {
                 "Ready": ("True", *ready),
