@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -33,6 +33,13 @@ def _as_numpy(values: Any, what: str) -> np.ndarray:
     except (ValueError, TypeError, OverflowError) as error:  # ragged lists, odd objects
         raise InvalidInputError(f"{what} is not a regular numeric array ({error})") from None
     return array
+
+
+def is_integer(value: Any, minimum: int | None = None) -> TypeGuard[int]:
+    """A JSON/YAML integer (true/false are not), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return minimum is None or value >= minimum
 
 
 def _holds_bool(values: list[Any]) -> bool:
@@ -90,9 +97,7 @@ def id_array(values: Any, what: str, dims: int, minimum: int = -1) -> np.ndarray
 
 def layer_id_list(values: Any, what: str) -> list[int]:
     """A list of engine layer ids: integers >= 0, strictly increasing."""
-    if not isinstance(values, list) or any(
-        isinstance(v, bool) or not isinstance(v, int) for v in values
-    ):
+    if not isinstance(values, list) or not all(is_integer(v) for v in values):
         raise InvalidInputError(f"{what} must be a list of integer layer ids")
     ids = [int(v) for v in values]
     check_layer_ids(ids, what)

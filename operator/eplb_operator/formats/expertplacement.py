@@ -19,7 +19,7 @@ import yaml
 
 from eplb_operator.api import v1alpha1
 from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import id_array, layer_id_list
+from eplb_operator.formats.counts import id_array, is_integer, layer_id_list
 from eplb_operator.formats.document import PlacementDocument
 
 MAPPING_KEY = "placement.json"
@@ -148,8 +148,11 @@ def mapping_of(documents: list[Any]) -> dict[str, Any] | None:
     """The mapping of a ConfigMap among ``documents``, parsed, or None when there is none."""
     for document in documents:
         if isinstance(document, dict) and document.get("kind") == "ConfigMap":
-            text = (document.get("data") or {}).get(MAPPING_KEY)
+            data = document.get("data")
+            text = data.get(MAPPING_KEY) if isinstance(data, dict) else None
             if text is not None:
+                if not isinstance(text, str):
+                    raise InvalidInputError(f"{MAPPING_KEY} must be a string of JSON")
                 try:
                     mapping = json.loads(text)
                 except ValueError as error:
@@ -176,7 +179,7 @@ def parse_mapping(mapping: dict[str, Any]) -> PlacementDocument:
     numbers: dict[str, int | None] = {}
     for key in ("layers", "experts", "ranks", "slotsPerRank", "hiddenLayers"):
         value = mapping.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is not None and not is_integer(value):
             raise InvalidInputError(f"mapping {key} must be an integer, got {value!r}")
         numbers[key] = value
     if numbers["layers"] is not None and numbers["layers"] != rows.shape[0]:

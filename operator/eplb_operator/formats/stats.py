@@ -23,7 +23,13 @@ import torch
 
 from eplb_operator.errors import InvalidInputError
 from eplb_operator.formats import sglang, trtllm, vllm
-from eplb_operator.formats.counts import MAX_COUNT, count_array, layer_id_list, one_line
+from eplb_operator.formats.counts import (
+    MAX_COUNT,
+    count_array,
+    is_integer,
+    layer_id_list,
+    one_line,
+)
 from eplb_operator.formats.document import PlacementDocument
 from eplb_operator.formats.layers import LayerRequest, resolve_layers
 from eplb_operator.formats.loadstats import LoadStats, RawStats, StepWindow, select_windows
@@ -151,9 +157,7 @@ def _read_json(path: Path) -> RawStats:
         model = document["source"].get("model")
     raw_ids = document.get("layer_ids")
     hidden = document.get("hidden_layers")
-    if hidden is not None and (
-        isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1
-    ):
+    if hidden is not None and not is_integer(hidden, 1):
         raise InvalidInputError(f"hidden_layers must be a positive integer, got {hidden!r}")
     return RawStats(
         windows,

@@ -31,6 +31,7 @@ from eplb_operator.formats.counts import (
     count_array,
     fold_slots,
     id_array,
+    is_integer,
     one_line,
 )
 from eplb_operator.formats.document import PlacementDocument
@@ -62,7 +63,7 @@ def read_trtllm(
         )
     meta = json.loads(meta_path.read_text())
     width = meta.get("num_experts") if isinstance(meta, dict) else None
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    if not is_integer(width, 1):
         raise InvalidInputError("meta_info.json needs num_experts, a positive integer")
     files = sorted(f for f in path.iterdir() if _RANK_FILE.match(f.name))
     if not files:
@@ -153,7 +154,8 @@ def is_balancer(document: dict[str, Any]) -> bool:
 def parse_balancer(document: dict[str, Any]) -> PlacementDocument:
     """The balancer YAML, or LLM API options holding it inline under moe_config."""
     if "moe_config" in document:
-        balancer = (document.get("moe_config") or {}).get("load_balancer")
+        moe_config = document["moe_config"]
+        balancer = moe_config.get("load_balancer") if isinstance(moe_config, dict) else None
         if isinstance(balancer, str):
             raise InvalidInputError(
                 f"moe_config.load_balancer points to {balancer}: pass that file"
@@ -183,7 +185,7 @@ def parse_balancer(document: dict[str, Any]) -> PlacementDocument:
     if num_slots is not None and num_slots != rows.shape[1]:
         raise InvalidInputError(f"num_slots is {num_slots}, the assignments have {rows.shape[1]}")
     updates = document.get("layer_updates_per_iter", 0)
-    if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+    if not is_integer(updates, 0):
         raise InvalidInputError("layer_updates_per_iter must be an integer >= 0")
     return PlacementDocument(
         torch.from_numpy(rows), [layer for layer, _ in keys], layer_updates_per_iter=updates

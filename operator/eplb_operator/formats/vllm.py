@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import count_array, fold_slots, id_array, one_line
+from eplb_operator.formats.counts import count_array, fold_slots, id_array, is_integer, one_line
 from eplb_operator.formats.document import PlacementDocument
 from eplb_operator.formats.layers import LayerRequest
 from eplb_operator.formats.loadstats import RawStats, StepWindow, WindowAccumulator
@@ -148,7 +148,7 @@ def _check_meta(record: dict[str, Any]) -> dict[str, Any]:
         ("num_nodes", 1),
     ):
         value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if not is_integer(value, minimum):
             raise InvalidInputError(f"{META} {key} must be an integer >= {minimum}, got {value!r}")
     if record.get("model") is not None and not isinstance(record["model"], str):
         raise InvalidInputError(f"{META} model must be a string")
@@ -157,7 +157,7 @@ def _check_meta(record: dict[str, Any]) -> dict[str, Any]:
 
 def _stats_record(record: dict[str, Any]) -> tuple[int, np.ndarray, np.ndarray]:
     step = record.get("step")
-    if isinstance(step, bool) or not isinstance(step, int):
+    if not is_integer(step):
         raise InvalidInputError(f"{STATS} step must be an integer, got {step!r}")
     if "expert_load" not in record or "p2l_map" not in record:
         raise InvalidInputError(f"{STATS} needs expert_load and p2l_map")
