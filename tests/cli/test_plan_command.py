@@ -14,7 +14,9 @@ from tests.console import eplb
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "stats" / "deepseek-v3-synthetic.json"
-DSV3_FLAGS = ["--ranks", "32", "--redundant", "32", "--nodes", "4", "--groups", "8"]
+# The example stats name no layers (as vLLM's): the preset says they are layers 3..60 of 61.
+DSV3_FLAGS = ["--model", "deepseek-v3", "--ranks", "32", "--redundant", "32", "--nodes", "4",
+              "--groups", "8"]  # fmt: skip
 
 
 def plan_json(*args: str | Path) -> dict:  # type: ignore[type-arg]
@@ -50,15 +52,26 @@ def test_rerun_on_the_same_stats_changes_no_byte(tmp_path: Path) -> None:
     assert first.read_bytes() == second.read_bytes()
 
 
-def test_engine_formats(tmp_path: Path) -> None:
+def test_engine_formats_are_indexed_by_the_engine_layer_ids(tmp_path: Path) -> None:
     sglang, trtllm = tmp_path / "map.json", tmp_path / "lb.yaml"
     plan_json("--stats", EXAMPLE, *DSV3_FLAGS, "--output", sglang, "--output-format", "sglang")
     plan_json("--stats", EXAMPLE, *DSV3_FLAGS, "--output", trtllm, "--output-format", "trtllm")
     table = json.loads(sglang.read_text())["physical_to_logical_map"]
-    assert len(table) == 58 and {len(row) for row in table} == {288}
+    assert len(table) == 61 and {len(row) for row in table} == {288}
+    assert table[0] == table[2] == [p % 256 for p in range(288)]  # dense: start-up placement
     balancer = yaml.safe_load(trtllm.read_text())
-    assert balancer["num_slots"] == 288 and len(balancer["initial_global_assignments"]) == 58
-    assert balancer["initial_global_assignments"][0] == table[0]
+    assert balancer["num_slots"] == 288 and balancer["layer_updates_per_iter"] == 0
+    assignments = balancer["initial_global_assignments"]
+    assert sorted(assignments) == list(range(3, 61))
+    assert all(assignments[layer] == table[layer] for layer in range(3, 61))
+
+
+def test_engine_formats_need_to_know_the_layers(tmp_path: Path) -> None:
+    output = tmp_path / "map.json"
+    result = eplb("plan", "--stats", EXAMPLE, *DSV3_FLAGS[2:], "--output", output,
+                  "--output-format", "sglang")  # fmt: skip
+    assert result.returncode == 2 and "give --model" in result.stderr
+    assert not output.exists()
 
 
 def test_previous_keeps_what_can_stay_and_respects_the_budget(
@@ -122,7 +135,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     flags = list(DSV3_FLAGS)
     extra: list[str | Path] = []
     if case == "p-not-multiple":
-        flags[3] = "30"
+        flags[5] = "30"  # --redundant
     elif case == "groups-not-dividing":
         flags[-1] = "7"
     elif case == "negative-counts":
@@ -143,7 +156,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         elif case == "lost-expert":
             mapping = json.loads(yaml.safe_load_all(text).__next__()["data"]["placement.json"])
             mapping["phy2log"][5] = [0] * 288
-            sglang = write(tmp_path / "lost.json", {"physical_to_logical_map": mapping["phy2log"]})
+            dense = [[p % 256 for p in range(288)]] * 3  # SGLang's map covers layers 0..60
+            sglang = write(
+                tmp_path / "lost.json", {"physical_to_logical_map": dense + mapping["phy2log"]}
+            )
             previous = sglang
         if case != "lost-expert":
             previous.write_text(text)

@@ -8,7 +8,7 @@ Spec fields are integers, never floats (fractions are in thousandths: ``…Permi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -110,9 +110,45 @@ class PodsSpec(ApiModel):
     )
 
 
+# Rules of the model shape (``self`` is spec.model): the API server evaluates them (CEL), and
+# so does ModelShape.  Standard CEL has no index range, so the ordering rule walks indices
+# i = 32a + b over two literal lists of 0..31 (1024 = the most layers), each ``?:`` stopping
+# at the end of the list: linear cost for the API server's budget and for the models.
+_DIGITS = "[" + ", ".join(str(i) for i in range(32)) + "]"
+MODEL_RULES: list[dict[str, str]] = [
+    cel(
+        "!has(self.layerIds) ? true : size(self.layerIds) == self.layers",
+        "model.layerIds must hold one engine layer id per MoE layer (model.layers entries)",
+    ),
+    cel(
+        f"!has(self.layerIds) ? true : {_DIGITS}.all(a, 32 * a >= size(self.layerIds) ? true : "
+        f"{_DIGITS}.all(b, 32 * a + b == 0 || 32 * a + b >= size(self.layerIds) ? true : "
+        "self.layerIds[32 * a + b - 1] < self.layerIds[32 * a + b]))",
+        "model.layerIds must be strictly increasing: each engine layer id once, in the order "
+        "of the model's layers",
+    ),
+    cel(
+        "!has(self.hiddenLayers) ? true : has(self.layerIds) ? "
+        "self.layerIds.all(x, x < self.hiddenLayers) : self.hiddenLayers >= self.layers",
+        "model.hiddenLayers counts every hidden layer, dense ones included: it must be larger "
+        "than every engine layer id (model.layerIds, default 0..layers-1)",
+    ),
+]
+
+MAX_LAYERS = 1024
+MAX_HIDDEN_LAYERS = 4096
+
+
 class ModelShape(ApiModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"x-kubernetes-validations": MODEL_RULES},  # type: ignore[dict-item]
+    )
+
     name: str | None = Field(default=None, description="Model name, e.g. deepseek-ai/DeepSeek-V3.")
-    layers: int = Field(ge=1, le=1024, description="MoE layers.")
+    layers: int = Field(ge=1, le=MAX_LAYERS, description="MoE layers.")
     experts: int = Field(ge=1, le=8192, description="Logical (routed) experts per MoE layer.")
     groups: int = Field(
         default=1,
@@ -120,6 +156,33 @@ class ModelShape(ApiModel):
         le=8192,
         description="Expert groups (DeepSeek's node-limited routing: 8); must divide experts.",
     )
+    layer_ids: list[Annotated[int, Field(ge=0, le=MAX_HIDDEN_LAYERS - 1)]] | None = Field(
+        default=None,
+        max_length=MAX_LAYERS,
+        description="The engine's index, among all hidden layers, of each MoE layer, in "
+        "increasing order (DeepSeek-V3: 3..60, its first 3 layers are dense); default "
+        "0..layers-1.",
+    )
+    hidden_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_HIDDEN_LAYERS,
+        description="The model's num_hidden_layers, dense layers included (DeepSeek-V3: 61).",
+    )
+
+    def engine_layer_ids(self) -> list[int]:
+        """``[layers]``: the engine layer id of each MoE layer (the default when unset)."""
+        return list(self.layer_ids) if self.layer_ids is not None else list(range(self.layers))
+
+    @model_validator(mode="after")
+    def _model_rules(self) -> ModelShape:
+        """The CRD's CEL rules of spec.model, evaluated by the same code the test cluster uses."""
+        from eplb_operator.api.validation import evaluate_rules
+
+        failed = evaluate_rules(MODEL_RULES, self.model_dump(by_alias=True, exclude_none=True))
+        if failed:
+            raise ValueError("; ".join(failed))
+        return self
 
 
 class TopologySpec(ApiModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,6 +41,36 @@ class OutputFormatOption(str, Enum):
     expertplacement = "expertplacement"
     sglang = "sglang"
     trtllm = "trtllm"
+    vllm = "vllm"
+
+
+# Engines that index their file by hidden-layer id: writing for them on guessed ids would
+# silently serve one layer with another's placement.
+_INDEXED_BY_LAYER_ID = {"sglang": "SGLang", "trtllm": "TensorRT-LLM"}
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Every flag of ``eplb plan`` that shapes the plan (the output's path and looks aside)."""
+
+    stats: Path
+    stats_format: str
+    ranks: int
+    redundant: int | None
+    slots_per_rank: int | None
+    nodes: int
+    groups: int | None
+    mode: str
+    previous: Path | None
+    max_moves: int | None
+    slack: float
+    output_format: str
+    model: str | None = None
+    num_layers: int | None = None
+    first_moe_layer: int | None = None
+    experts: int | None = None
+    steps: str | None = None
+    model_key: str | None = None
 
 
 def plan_command(
@@ -49,7 +80,7 @@ def plan_command(
     ranks: Annotated[int, typer.Option(help="EP ranks (GPUs) in one serving replica.")],
     output: Annotated[Path, typer.Option(help="Where to write the placement.")],
     stats_format: Annotated[
-        StatsFormatOption, typer.Option(help="Format of --stats.")
+        StatsFormatOption, typer.Option(help="Format of --stats (auto: from its content).")
     ] = StatsFormatOption.auto,
     redundant: Annotated[
         int | None, typer.Option(help="Redundant experts (extra slots) per layer.")
@@ -58,14 +89,20 @@ def plan_command(
         int | None, typer.Option(help="Physical expert slots per rank.")
     ] = None,
     nodes: Annotated[int, typer.Option(help="Nodes the ranks span.")] = 1,
-    groups: Annotated[int, typer.Option(help="Expert groups of the model (DeepSeek: 8).")] = 1,
+    groups: Annotated[
+        int | None,
+        typer.Option(help="Expert groups of the model (DeepSeek: 8; default: --model's, or 1)."),
+    ] = None,
     mode: Annotated[
         ModeOption,
         typer.Option(help="Placement mode; auto = hierarchical when groups divide over nodes."),
     ] = ModeOption.auto,
     previous: Annotated[
         Path | None,
-        typer.Option(help="Placement in service (any output format): keep what can stay."),
+        typer.Option(
+            help="Placement in service (expertplacement, sglang or trtllm file): keep what can "
+            "stay; with TensorRT-LLM per-slot stats, the placement they were counted on."
+        ),
     ] = None,
     max_moves: Annotated[
         int | None, typer.Option(min=0, help="Most slots that may change, all layers together.")
@@ -82,6 +119,30 @@ def plan_command(
             min=0.0, help="Imbalance a migration-aware plan may give up to move fewer slots."
         ),
     ] = 0.01,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model preset (deepseek-v3, deepseek-r1, kimi-k2, qwen3-30b-a3b, "
+            "qwen3-235b-a22b, qwen2-57b-a14b, mixtral-8x7b): layers, dense layers, experts, groups."
+        ),
+    ] = None,
+    num_layers: Annotated[
+        int | None,
+        typer.Option(help="The model's hidden layers (num_hidden_layers), dense ones included."),
+    ] = None,
+    first_moe_layer: Annotated[
+        int | None, typer.Option(help="Engine layer id of the first MoE layer (dense before it).")
+    ] = None,
+    experts: Annotated[
+        int | None, typer.Option(help="The model's routed experts (checks the stats).")
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(help="Keep windows whose step (iteration) is in A:B (A included, B not)."),
+    ] = None,
+    model_key: Annotated[
+        str | None, typer.Option(help="Model to read from vLLM safetensors stats of several.")
+    ] = None,
     summary_json: Annotated[
         bool, typer.Option("--summary-json", help="Print one JSON summary on stdout.")
     ] = False,
@@ -93,26 +154,39 @@ def plan_command(
     """Compute a placement from recorded stats and write it for GitOps or an engine."""
     from eplb_operator.formats.mappings import render, write_atomically
 
+    request = PlanRequest(
+        stats,
+        stats_format.value,
+        ranks,
+        redundant,
+        slots_per_rank,
+        nodes,
+        groups,
+        mode.value,
+        previous,
+        max_moves,
+        slack,
+        output_format.value,
+        model,
+        num_layers,
+        first_moe_layer,
+        experts,
+        steps,
+        model_key,
+    )
+    written: list[Path] = []  # removed again if a later step fails: all or nothing
     try:
-        result, doc = _plan(
-            stats,
-            stats_format.value,
-            ranks,
-            redundant,
-            slots_per_rank,
-            nodes,
-            groups,
-            mode.value,
-            previous,
-            max_moves,
-            slack,
-        )
+        result, doc = _plan(request)
         text = render(doc, output_format.value, name or _default_name(output))
-        write_atomically(output, text)
         if plot is not None:
-            _plot(result, doc, plot)
+            written.append(_plot(result, doc, plot))
+            _move(written[0], plot)
+            written[0] = plot
+        write_atomically(output, text)
     except InvalidInputError as error:
-        typer.echo(f"error: {error}", err=True)
+        for path in written:
+            path.unlink(missing_ok=True)
+        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(code=2) from None
     summary = _summary(result, doc, output, output_format.value)
     if summary_json:
@@ -121,78 +195,141 @@ def plan_command(
         _print_table(summary)
 
 
-def _plan(
-    stats_path: Path,
-    stats_format: str,
-    ranks: int,
-    redundant: int | None,
-    slots_per_rank: int | None,
-    nodes: int,
-    groups: int,
-    mode: str,
-    previous_path: Path | None,
-    max_moves: int | None,
-    slack: float,
-) -> tuple[Plan, PlacementDocument]:
-    from eplb_operator.formats.mappings import PlacementDocument
-    from eplb_operator.formats.stats import read_stats
+def _plan(request: PlanRequest) -> tuple[Plan, PlacementDocument]:
+    import torch
+
+    from eplb_operator.formats.expertplacement import check_api_limits
+    from eplb_operator.formats.layers import LayerRequest
+    from eplb_operator.formats.mappings import PlacementDocument, read_placement
+    from eplb_operator.formats.stats import ReadOptions, StepWindow, read_stats
     from eplb_operator.placement import PlanOptions, Topology, plan
 
-    if (redundant is None) == (slots_per_rank is None):
+    if (request.redundant is None) == (request.slots_per_rank is None):
         raise InvalidInputError("give exactly one of --redundant and --slots-per-rank")
-    stats = read_stats(stats_path, stats_format)  # type: ignore[arg-type]
-    if redundant is not None:
-        topology = Topology.from_redundant(stats.num_experts, ranks, redundant, nodes, groups)
+    layers = LayerRequest.from_flags(
+        request.model, request.num_layers, request.first_moe_layer, request.experts
+    )
+    recorded = read_placement(request.previous) if request.previous else None
+    options = ReadOptions(layers, StepWindow.parse(request.steps), request.model_key, recorded)
+    stats = read_stats(request.stats, request.stats_format, options)  # type: ignore[arg-type]
+    layer_ids, hidden = _layers_of(stats, recorded, request.output_format)
+    groups = request.groups or layers.groups or 1
+    if request.redundant is not None:
+        topology = Topology.from_redundant(
+            stats.num_experts, request.ranks, request.redundant, request.nodes, groups
+        )
     else:
-        assert slots_per_rank is not None
-        topology = Topology(stats.num_experts, ranks, slots_per_rank, nodes, groups)
-    previous = _read_previous(previous_path, stats, topology) if previous_path else None
-    options = PlanOptions(mode=mode, max_moves=max_moves, slack=slack)  # type: ignore[arg-type]
-    result = plan(stats.load, topology, previous=previous, options=options)
+        assert request.slots_per_rank is not None
+        topology = Topology(
+            stats.num_experts, request.ranks, request.slots_per_rank, request.nodes, groups
+        )
+    previous = _previous_rows(recorded, stats, topology, layer_ids) if recorded else None
     doc = PlacementDocument(
-        result.placement,
-        stats.layer_ids,
+        torch.zeros(len(layer_ids), topology.num_slots, dtype=torch.int64),
+        layer_ids,
         stats.model,
         topology.num_experts,
         topology.num_ranks,
         topology.slots_per_rank,
         topology.num_groups,
         topology.num_nodes,
+        hidden_layers=hidden,
+        windows=stats.windows,
+        steps=stats.steps,
     )
-    return result, doc
+    check_api_limits(doc)  # before the work: sizes an ExpertPlacement could not hold
+    settings = PlanOptions(
+        mode=request.mode,  # type: ignore[arg-type]
+        max_moves=request.max_moves,
+        slack=request.slack,
+    )
+    result = plan(stats.load, topology, previous=previous, options=settings)
+    return result, replace(doc, phy2log=result.placement)
 
 
-def _read_previous(path: Path, stats: LoadStats, topology: Topology) -> torch.Tensor:
-    from eplb_operator.formats.mappings import read_placement, topology_matches
+def _layers_of(
+    stats: LoadStats, recorded: PlacementDocument | None, output_format: str
+) -> tuple[list[int], int | None]:
+    """The engine layer ids of the stats' rows and the model's hidden layers; stats that do not
+    name their layers take them from --previous when it does."""
+    layer_ids, hidden, assumed = stats.layer_ids, stats.hidden_layers, stats.layer_ids_assumed
+    if recorded is not None:
+        if recorded.rows_are_hidden_layers:
+            if assumed and recorded.hidden_layers == len(layer_ids):  # every layer is MoE
+                hidden, assumed = recorded.hidden_layers, False
+            if assumed:
+                raise InvalidInputError(
+                    f"--previous has a row per hidden layer ({recorded.hidden_layers}), the "
+                    f"stats {len(layer_ids)} unnamed MoE layers: give --model, or "
+                    "--first-moe-layer, to match them"
+                )
+            if hidden is not None and recorded.hidden_layers != hidden:
+                raise InvalidInputError(
+                    f"--previous has {recorded.hidden_layers} rows (one per hidden layer), "
+                    f"the model {hidden} hidden layers"
+                )
+            hidden = recorded.hidden_layers
+        elif assumed and len(recorded.layer_ids) == len(layer_ids):
+            layer_ids, assumed = recorded.layer_ids, False
+            hidden = recorded.hidden_layers if recorded.hidden_layers is not None else hidden
+    if assumed and output_format in _INDEXED_BY_LAYER_ID and layer_ids != list(range(hidden or 0)):
+        raise InvalidInputError(
+            f"the {stats.source_format} stats do not say which hidden layers their "
+            f"{len(layer_ids)} MoE layers are, and {_INDEXED_BY_LAYER_ID[output_format]} "
+            "indexes its file by layer id: give --model, or --num-layers and --first-moe-layer"
+        )
+    return layer_ids, hidden
+
+
+def _previous_rows(
+    recorded: PlacementDocument, stats: LoadStats, topology: Topology, layer_ids: list[int]
+) -> torch.Tensor:
+    """``[L, P]``: the placement in service for the stats' layers.  Rows with -1 (unused
+    slots) are passed on unchanged: the placement engine decides what they mean."""
+    from eplb_operator.formats.mappings import topology_matches
     from eplb_operator.placement.views import validate_placement
 
-    doc = read_placement(path)
-    if doc.model and stats.model and doc.model != stats.model:
+    if recorded.model and stats.model and recorded.model != stats.model:
         raise InvalidInputError(
-            f"stats are of model {stats.model!r} but --previous was planned for {doc.model!r}"
+            f"stats are of model {stats.model!r} but --previous was planned for {recorded.model!r}"
         )
-    if doc.phy2log.shape[0] != stats.num_layers:
+    topology_matches(recorded, topology)
+    rows = recorded.rows_for(layer_ids, "--previous")
+    if int(rows.max()) >= topology.num_experts:
         raise InvalidInputError(
-            f"stats have {stats.num_layers} MoE layers but --previous has {doc.phy2log.shape[0]}"
+            f"--previous names expert {int(rows.max())}, the stats have {topology.num_experts}"
         )
-    if doc.layer_ids != stats.layer_ids and doc.layer_ids != list(range(stats.num_layers)):
-        raise InvalidInputError("stats and --previous name different layers")
-    topology_matches(doc, topology)
-    try:
-        validate_placement(doc.phy2log, topology)
-    except InvalidInputError as error:
-        raise InvalidInputError(f"{path}: {error}") from None
-    return doc.phy2log
+    if not (rows < 0).any():
+        try:
+            validate_placement(rows, topology)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"--previous: {error}") from None
+    return rows
 
 
-def _plot(result: Plan, doc: PlacementDocument, path: Path) -> None:
+def _plot(result: Plan, doc: PlacementDocument, path: Path) -> Path:
+    """Draw the heatmap into a temporary file beside ``path``; the caller moves it into place
+    once the placement is written (so a failure leaves neither)."""
     from eplb_operator.report.heatmaps import plot_rank_loads
 
     assert result.load is not None and result.previous is not None and doc.num_ranks
     before = rank_loads_of(result.load, result.previous, doc.num_ranks)
     after = rank_loads_of(result.load, result.placement, doc.num_ranks)
     title = f"{doc.model or 'model'}: {doc.num_ranks} ranks, {result.moves} slots moved"
-    plot_rank_loads(before, after, title, path)
+    temporary = path.with_name(f".{path.stem}.partial.png")
+    try:
+        plot_rank_loads(before, after, title, temporary)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise InvalidInputError(f"cannot write {path} ({error.strerror})") from None
+    return temporary
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        source.replace(target)
+    except OSError as error:
+        raise InvalidInputError(f"cannot write {target} ({error.strerror})") from None
 
 
 def rank_loads_of(load: torch.Tensor, placement: torch.Tensor, ranks: int) -> torch.Tensor:
@@ -210,16 +347,29 @@ def _default_name(output: Path) -> str:
 def _summary(
     result: Plan, doc: PlacementDocument, output: Path, output_format: str
 ) -> dict[str, Any]:
+    """Figures per MoE layer and their means; layers that counted no token (nothing to
+    balance, so no imbalance of 1.0 to average in) are listed apart."""
+    assert result.load is not None
+    counted = [layer for layer in result.layers if float(result.load[layer.layer].sum()) > 0]
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
     return {
-        "imbalance_before": result.imbalance_before,
-        "imbalance_after": result.imbalance_after,
-        "lower_bound": sum(layer.lower_bound for layer in result.layers) / len(result.layers),
+        "imbalance_before": mean([layer.imbalance_before for layer in counted]),
+        "imbalance_after": mean([layer.imbalance_after for layer in counted]),
+        "lower_bound": mean([layer.lower_bound for layer in counted]),
         "moves": result.moves,
         "layers_updated": sum(layer.updated for layer in result.layers),
         "compute_seconds": result.compute_seconds,
         "output": str(output),
         "output_format": output_format,
         "model": doc.model,
+        "hidden_layers": doc.hidden_layers,
+        "windows": len(doc.steps),
+        "layers_without_tokens": [
+            doc.layer_ids[layer.layer] for layer in result.layers if layer not in counted
+        ],
         "layers": [
             {
                 "layer": doc.layer_ids[layer.layer],
@@ -229,7 +379,7 @@ def _summary(
                 "lower_bound": layer.lower_bound,
                 "moves": layer.moves,
             }
-            for layer in result.layers
+            for layer in counted
         ],
     }
 

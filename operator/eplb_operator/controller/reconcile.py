@@ -240,15 +240,13 @@ class Reconciler:
             return None if in_service else taken
         doc = parse_placement(text, f"ConfigMap {ref.name} key {ref.key}")
         topology = spec.placement_topology()
-        if doc.layer_ids != list(range(spec.model.layers)):
-            raise InvalidInputError(
-                f"the mapping covers layers {doc.layer_ids[:8]}…; the spec has {spec.model.layers}"
-            )
-        error = placement_error(doc.phy2log, topology.num_slots, topology.num_experts)
+        # The spec's MoE layers, matched by engine layer id (spec.model.layerIds).
+        phy2log = doc.rows_for(spec.model.engine_layer_ids(), "the mapping")
+        error = placement_error(phy2log, topology.num_slots, topology.num_experts)
         if error is not None:
             raise InvalidInputError(error)
         return await self._create_revision(
-            obj, revisions, doc.phy2log, None, "offline", None, 0, text_digest
+            obj, revisions, phy2log, None, "offline", None, 0, text_digest
         )
 
     async def _online(
