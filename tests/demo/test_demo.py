@@ -147,7 +147,9 @@ def processes_mentioning(text: str) -> list[int]:
 def pod_namespaces() -> set[str]:
     """Network namespaces of local pods (eplb<subnet>-<host>), of every local cluster."""
     netns = Path("/run/netns")
-    return {p.name for p in netns.iterdir() if p.name.startswith("eplb")} if netns.is_dir() else set()
+    return (
+        {p.name for p in netns.iterdir() if p.name.startswith("eplb")} if netns.is_dir() else set()
+    )
 
 
 def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from eplb_local.demo.options import NAME, DemoOptions, Fault, placement_manifest
-from eplb_local.world.periodic import Periodic
 from eplb_local.demo.summary import DemoSummary, FaultResult, PhaseResult
 from eplb_local.demo.view import DemoView
 from eplb_local.demo.watch import XPL_PATH, OperatorWatch, condition
 from eplb_local.demo.world import DemoWorld
+from eplb_local.world.periodic import Periodic
 from eplb_operator.placement.views import rank_imbalance
 from eplb_operator.report.recording import LoadSample, Recording, RolloutRecord
 

@@ -145,6 +145,9 @@ class Rollout:
         self.on_batch = on_batch
         self.paused = paused
         self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
+        # The key peers prove to each other at the transfer gate (sidecar rendezvous): it
+        # reaches them only over the authenticated control API, one per rollout.
+        self.secret = secrets.token_urlsafe(32)
         self.sessions: dict[str, int] = {}  # EP group → session generation
 
     async def run(self) -> RolloutReport:
@@ -238,6 +241,7 @@ class Rollout:
                 ),
                 store=members[min(members)].store,
                 ranks=sorted(members),
+                secret=self.secret,
             )
             results.append(
                 await client.prepare(
