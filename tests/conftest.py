@@ -6,11 +6,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
-from eplb_local.world import LocalKube
+if TYPE_CHECKING:
+    from eplb_local.world import LocalKube
 
 # CI runs the same examples every time, so a red build is reproducible; locally hypothesis
 # explores new ones on each run.

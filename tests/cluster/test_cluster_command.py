@@ -32,13 +32,15 @@ def test_eplb_cluster_serves_kubectl_until_sigterm(tmp_path: Path) -> None:
             time.sleep(0.2)
         kubeconfig = log.read_text().split("export KUBECONFIG=")[1].split()[0]
         kubectl = [str(binary("kubectl")), "--kubeconfig", kubeconfig]
+        subprocess.run([*kubectl, "create", "namespace", "eplb-demo"], check=True, timeout=60,
+                       capture_output=True)  # fmt: skip
         applied = subprocess.run(
             [*kubectl, "apply", "-f", str(REPO / "examples" / "sandbox.yaml")],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert applied.returncode == 0, applied.stderr
         listed = subprocess.run(
-            [*kubectl, "get", "xpl", "-o", "name"],
+            [*kubectl, "get", "xpl", "-A", "-o", "name"],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert listed.stdout.strip() == "expertplacement.eplb.io/sandbox"

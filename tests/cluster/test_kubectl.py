@@ -22,12 +22,14 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def examples_namespaces(kube: LocalKube) -> Iterator[None]:
-    """The examples name their namespaces (default, inference): clean them up after."""
-    kube.kubectl("create", "namespace", "inference")
+    """The examples name their namespaces: made here, deleted after."""
+    for name in ("inference", "eplb-demo"):
+        kube.kubectl("create", "namespace", name)
     yield
     for example in EXAMPLES:
         kube.kubectl("delete", "--ignore-not-found", "-f", str(example))
-    kube.kubectl("delete", "namespace", "inference", "--wait=false")
+    for name in ("inference", "eplb-demo"):
+        kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def test_apply_every_example_twice(kube: LocalKube, examples_namespaces: None) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from eplb_local.demo.options import DemoOptions, Fault, PrometheusMode
+from eplb_local.demo.options import DemoOptions, Engine, Fault, Model, PrometheusMode
 from eplb_operator.errors import InvalidInputError
 
 
@@ -28,6 +28,13 @@ def demo_command(
         typer.Option(help="Real Prometheus: auto = when the binary is on PATH."),
     ] = PrometheusMode.auto,
     fault: Annotated[Fault | None, typer.Option(help="Inject one fault.")] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="The reference MoE, or a Hugging Face MoE model (--model).")
+    ] = Engine.reference,
+    model: Annotated[
+        Model | None,
+        typer.Option(help="Architecture of --engine transformers (tiny, random weights)."),
+    ] = None,
     shift: Annotated[
         bool, typer.Option(help="After the first rebalance, shift the skew and rebalance again.")
     ] = True,
@@ -51,11 +58,13 @@ def demo_command(
         options = DemoOptions(
             pods=pods, layers=layers, experts=experts, redundant=redundant,
             duration=duration, prometheus=prometheus, fault=fault, shift=shift,
+            engine=engine, model=model,
         )  # fmt: skip
     except InvalidInputError as error:
         _fail(str(error))
     console = Console(stderr=json_output)
     state = DemoState(title=f"{pods} pods · {layers} layers · {experts}+{redundant} experts"
+                      + (f" · {model.value}" if model else "")
                       + (f" · fault {fault.value}" if fault else ""))  # fmt: skip
     view = DemoView(state, console)
     workdir = workdir.resolve()

@@ -25,6 +25,20 @@ class PrometheusMode(str, Enum):
     off = "off"
 
 
+class Engine(str, Enum):
+    reference = "reference"  # the project's reference MoE engine
+    transformers = "transformers"  # a Hugging Face MoE model (eplb_sidecar.adapters)
+
+
+class Model(str, Enum):
+    mixtral = "mixtral"
+    qwen3_moe = "qwen3-moe"
+    deepseek_v3 = "deepseek-v3"
+
+
+TOP_K = {Model.mixtral: 2, Model.qwen3_moe: 4, Model.deepseek_v3: 4}
+
+
 class Fault(str, Enum):
     kill_sidecar_at_prepare = "kill-sidecar-at-prepare"
     kill_sidecar_at_commit = "kill-sidecar-at-commit"
@@ -45,6 +59,8 @@ class DemoOptions:
     shift: bool = True
     skew: float = 1.4
     seed: int = 0
+    engine: Engine = Engine.reference
+    model: Model | None = None
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -74,6 +90,8 @@ class DemoOptions:
             )
         if not 0 <= self.skew <= 4:
             return f"skew must be 0..4 (got {self.skew})"
+        if (self.engine is Engine.transformers) != (self.model is not None):
+            return "--model names the architecture of --engine transformers (and only of it)"
         return None
 
     @property
@@ -95,13 +113,15 @@ class DemoOptions:
         return 5
 
     def engine_config(self) -> EngineConfig:
+        real_model = self.model is not None  # attention heads of 16, a router per layer
         return EngineConfig(
             ranks=self.pods,
             layers=self.layers,
             experts=self.experts,
             slots_per_rank=self.slots_per_rank,
-            hidden=32,
-            intermediate=16,
+            hidden=64 if real_model else 32,
+            intermediate=32 if real_model else 16,
+            top_k=TOP_K[self.model] if self.model is not None else 2,
             seed=self.seed,
             # A fixed token rate per engine: ranks sharing a busy machine still serve alike.
             workload=Workload(

@@ -21,6 +21,7 @@ from eplb_local.demo.options import PrometheusMode as Mode
 from eplb_local.kube.api import Api
 from eplb_local.world import LocalKube, ServingPod, World
 from eplb_operator.errors import InvalidInputError
+from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.verify import group_errors
 
@@ -94,13 +95,16 @@ class DemoWorld:
         self._stack.enter_context(self.kube)
         assert self.kube.plane is not None
         self.say(f"Kubernetes API on {self.kube.plane.url}; KUBECONFIG={self.kube.kubeconfig}")
+        model = self.options.model
         self.world = World(
             self.kube, NAMESPACE, self.workdir / "world", self.config, app=APP,
             with_prometheus=self.use_prometheus,
+            transformers=TransformersOptions(architecture=model.value) if model else None,
         )  # fmt: skip
         self._stack.callback(self.world.stop)
+        engine = f"{model.value} (transformers)" if model else "the reference engine"
         self.say(f"helm install: the operator (charts/eplb-operator) and {self.options.pods} "
-                 "pods of the reference engine with the injected sidecar")  # fmt: skip
+                 f"pods of {engine} with the injected sidecar")  # fmt: skip
         self.world.start()
         self.tables = [ExpertTable.attach(pod.table_dir) for pod in self.world.pods()]
         for rank, fault in sidecar_faults(self.options).items():

@@ -101,6 +101,7 @@ class ControlPlane:
     workdir: Path
     node_name: str = "eplb-local-node"
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
     url: str = ""
     pki: ClusterPki | None = None
     network: PodNetwork | None = None
@@ -225,12 +226,25 @@ class ControlPlane:
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(yaml.safe_dump(kubeconfig(self.url, self.pki.ca.cert, client)))
 
+    def restart_apiserver(self, timeout: float = 120.0) -> None:
+        """Stop kube-apiserver and start it again, as an upgrade or a crash does: every
+        client's watch breaks, and resumes against a new watch cache."""
+        process = self.processes["kube-apiserver"]
+        stop_processes([process])
+        self._spawn(
+            "kube-apiserver",
+            self.commands["kube-apiserver"][1:],
+            self.commands["kube-apiserver"][:1],
+        )
+        self._wait(f"{self.url}/readyz", timeout, "kube-apiserver")
+
     def _spawn(self, name: str, args: list[str], program: list[str] | None = None) -> None:
+        command = [*(program or [str(binary(name))]), *args]
+        self.commands[name] = command
         with open(self.log(name), "ab") as out:
             self.processes[name] = subprocess.Popen(
-                [*(program or [str(binary(name))]), *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         if self.network is not None:
             self.network.record([process.pid for process in self.processes.values()])
 

@@ -30,6 +30,8 @@ from eplb_local.node.volumes import memory_dir
 from eplb_local.world.kube import REPOSITORY, LocalKube
 from eplb_local.world.periodic import Periodic
 from eplb_local.world.prometheus import LocalPrometheus
+from eplb_sidecar.adapters.transformers.options import TransformersOptions
+from eplb_sidecar.adapters.transformers.probe import LogitsProbe, merge_logits
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig
@@ -99,6 +101,8 @@ class World:
     operator_values: dict[str, Any] = field(default_factory=dict)
     app: str = "moe"
     with_prometheus: bool = False
+    # A Hugging Face MoE model instead of the reference engine (eplb_sidecar.adapters).
+    transformers: TransformersOptions | None = None
     started: float = 0.0  # monotonic time when every engine was serving
     prometheus: LocalPrometheus | None = None
     _discovery: Discovery | None = None
@@ -184,7 +188,24 @@ class World:
                 "readinessProbe": {"periodSeconds": 1},
             },
         }  # fmt: skip
-        self._helm_install(SERVING_RELEASE, chart, values)
+        self._helm_install(SERVING_RELEASE, chart, _merge(values, self._transformers_values()))
+
+    def _transformers_values(self) -> dict[str, Any]:
+        if self.transformers is None:
+            return {}
+        dist = self.workdir / "dist"
+        for group in range(self.groups):  # each group's engines meet in a file of their own
+            (dist / str(group)).mkdir(parents=True, exist_ok=True)
+            (dist / str(group)).chmod(0o777)
+        dist.chmod(0o755)
+        return {
+            "engine": {
+                "implementation": "transformers",
+                "model": self.transformers.architecture,
+                "dispatchBlock": self.transformers.dispatch_block,
+            },
+            "distDir": str(dist),
+        }
 
     def _helm_install(self, release: str, chart: Path, values: dict[str, Any]) -> None:
         values_file = self.workdir / f"{release}-values.yaml"
@@ -275,8 +296,14 @@ class World:
         return [ExpertTable.attach(pod.table_dir) for pod in self.pods()]
 
     def probe(self, group: str = "0", tokens: int = 16, seed: int = 12345) -> torch.Tensor:
-        """``[L, T, H]``: the group's MoE outputs for fixed inputs (see engine.probe)."""
+        """The group's outputs for fixed inputs: the reference engine's MoE outputs
+        ``[L, T, H]`` (see engine.probe), a transformers model's logits ``[T, vocab]``."""
         body = ProbeRequest(tokens=tokens, seed=seed).model_dump_json().encode()
+        if self.transformers is not None:
+            return merge_logits([
+                LogitsProbe.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
+                for pod in self.pods(group)
+            ])  # fmt: skip
         parts = [
             ProbePart.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
             for pod in self.pods(group)
