@@ -43,6 +43,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKube]:
     """One real control plane (etcd, kube-apiserver, kube-controller-manager) and its node for
     the whole session, the CRDs installed; tests keep to namespaces of their own. A missing
     binary fails here, never skips: CI must build them (scripts/setup.sh)."""
+    from eplb_local.world import LocalKube  # local tooling: a GPU machine runs without it
+
     with LocalKube(tmp_path_factory.mktemp("kube")) as local:
         yield local
 
