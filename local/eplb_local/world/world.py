@@ -103,6 +103,8 @@ class World:
     with_prometheus: bool = False
     # A Hugging Face MoE model instead of the reference engine (eplb_sidecar.adapters).
     transformers: TransformersOptions | None = None
+    # The engine container's user (None: the pod's, the sidecar's 65532); 0 runs it as root.
+    engine_user: int | None = None
     started: float = 0.0  # monotonic time when every engine was serving
     prometheus: LocalPrometheus | None = None
     _discovery: Discovery | None = None
@@ -170,6 +172,7 @@ class World:
                 "stepInterval": str(workload.step_interval),
                 "tokensPerSecond": str(workload.tokens_per_second or ""),
                 "port": ENGINE_PORT,
+                "runAsUser": "" if self.engine_user is None else self.engine_user,
             },
             "checkpointDir": str(checkpoint),
             "faults": True,

@@ -49,13 +49,28 @@ class TableNotReadyError(TimeoutError):
     """The engine has not published its table (yet)."""
 
 
+# The engine and the sidecar are two containers, often two users (a vLLM image runs as
+# root, the sidecar as 65532): every file of the table is read-write for its group, and
+# the pod's fsGroup — the group of the shared emptyDir, set-group-ID — is that group.
+FILE_MODE = 0o660
+DIRECTORY_MODE = 0o2770
+
+
+def _create_file(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _map(path: Path, shape: tuple[int, ...], dtype: torch.dtype, create: bool) -> torch.Tensor:
     numel = 1
     for size in shape:
         numel *= size
     if create:
-        with open(path, "wb") as handle:
-            handle.truncate(numel * dtype.itemsize)
+        _create_file(path, numel * dtype.itemsize)
     return torch.from_file(str(path), shared=True, size=numel, dtype=dtype).view(shape)
 
 
@@ -82,7 +97,9 @@ class ExpertTable:
         self.revisions = _map(directory / "revisions.i64", (L,), torch.int64, create)
         self._epoch = _map(directory / "epoch.i64", (2,), torch.int64, create)
         self._lock_path = directory / "step.lock"
-        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        if create:
+            os.fchmod(self._lock_fd, FILE_MODE)
         self.weights: dict[str, torch.Tensor] = {}
         self._seen_epoch: int | None = None
 
@@ -108,6 +125,7 @@ class ExpertTable:
         table.group_load.fill_(-1)
         if layout.transport == "shm":
             (directory / "weights").mkdir(exist_ok=True)
+            (directory / "weights").chmod(DIRECTORY_MODE)
             table.weights = table._map_weights(create=True)
         else:
             if cuda_weights is None:
