@@ -209,3 +209,22 @@ def test_dockerfiles_are_multi_stage_pinned_non_root_and_copy_what_exists(
         *sources, _ = line.split()
         for source in sources:
             assert (REPO / source).exists(), f"{dockerfile.name} copies {source}, which is missing"
+
+
+def test_name_overrides_name_every_object() -> None:
+    short = render("--set", "nameOverride=xpl")
+    assert all(doc["metadata"]["name"].startswith("release-xpl") for doc in
+               by_kind(short, "Deployment") + by_kind(short, "ServiceAccount"))  # fmt: skip
+    full = render("--set", "fullnameOverride=eplb")
+    names = {doc["metadata"]["name"] for doc in full if doc["kind"] != "CustomResourceDefinition"}
+    assert names and all(name.startswith("eplb") for name in names), names
+    labels = by_kind(short, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    assert labels["app.kubernetes.io/name"] == "xpl"
+
+
+@pytest.mark.parametrize(("level", "flag"), [("debug", "--verbose"), ("info", None),
+                                             ("warning", "--quiet")])  # fmt: skip
+def test_the_log_level_reaches_the_operator(level: str, flag: str | None) -> None:
+    deployment = by_kind(render("--set", f"operator.logLevel={level}"), "Deployment")[0]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--verbose", "--quiet"} & set(args) == ({flag} if flag else set())

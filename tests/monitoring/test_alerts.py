@@ -18,9 +18,20 @@ import pytest
 import yaml
 
 from eplb_sidecar.metric_names import exported_series_names
+from tests.charts.test_chart import by_kind, render
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "charts" / "eplb-operator" / "files" / "alerts.yaml"
+
+
+def sidecar_job() -> str:
+    """The ``job`` label the chart's PodMonitor gives the sidecars' series."""
+    pod_monitor = by_kind(render("--set", "metrics.podMonitor.enabled=true"), "PodMonitor")[0]
+    relabelings = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    return str(next(r["replacement"] for r in relabelings if r["targetLabel"] == "job"))
+
+
+SIDECAR_JOB = sidecar_job()
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +123,15 @@ CASES = [
     Case(
         "EPLBSidecarDown",
         {
-            'up{job="inference/eplb-sidecar",instance="10.0.0.1:8471"}': "1x5 0x10",
-            'up{job="inference/eplb-sidecar",instance="10.0.0.2:8471"}': "1x15",
-            'up{job="inference/eplb-sidecar",instance="10.0.0.3:8471"}': "1x5 0x2 1x8",
+            f'up{{job="{SIDECAR_JOB}",instance="10.0.0.1:8471"}}': "1x5 0x10",
+            f'up{{job="{SIDECAR_JOB}",instance="10.0.0.2:8471"}}': "1x15",
+            f'up{{job="{SIDECAR_JOB}",instance="10.0.0.3:8471"}}': "1x5 0x2 1x8",
+            'up{job="another-app",instance="10.0.0.4:8471"}': "0x15",
         },
         "14m",
         [
             (
-                {"job": "inference/eplb-sidecar", "instance": "10.0.0.1:8471"},
+                {"job": SIDECAR_JOB, "instance": "10.0.0.1:8471"},
                 "EPLB sidecar 10.0.0.1:8471 is not being scraped",
             )
         ],

@@ -84,7 +84,11 @@ class LocalPrometheus:
             for container in pod["spec"]["containers"]:
                 for port in container.get("ports", []):
                     if port.get("name") == "eplb-metrics":
-                        labels = {"namespace": self.namespace, "pod": pod["metadata"]["name"]}
+                        labels = {
+                            "namespace": self.namespace,
+                            "pod": pod["metadata"]["name"],
+                            "job": "eplb-sidecar",
+                        }  # as the PodMonitor relabels it
                         targets.append({"targets": [f"{ip}:{port['containerPort']}"],
                                         "labels": labels})  # fmt: skip
         text = json.dumps(sorted(targets, key=lambda t: t["labels"]["pod"]), indent=1)
