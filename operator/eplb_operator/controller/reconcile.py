@@ -89,6 +89,7 @@ class Reconciler:
         self.labels = {"namespace": namespace, "placement": name}
         self._generation = 0
         self._pause_requested = False
+        self._served_revision = 0  # the highest revision any pod served at the last look
 
     # -- the pass --------------------------------------------------------------------------
     async def run(self) -> float:
@@ -157,6 +158,12 @@ class Reconciler:
                 )
         served = _most_common_rows(
             [torch.tensor(info.placement) for info in states.values() if info.placement]
+        )
+        # Revision numbers stay above what any pod serves, so that a placement deleted and
+        # created again (a new incarnation, its own revisions from 1) is not refused by the
+        # sidecars as older than what they hold.
+        self._served_revision = max(
+            (max(info.revisions, default=0) for info in states.values()), default=0
         )
         revisions = [
             parse_revision(r) for r in await kube.list_revisions(self.namespace, self.name)
@@ -327,7 +334,7 @@ class Reconciler:
         moves: int,
         config_map_digest: str | None,
     ) -> Revision:
-        number = max((r.number for r in revisions), default=0) + 1
+        number = max(max((r.number for r in revisions), default=0), self._served_revision) + 1
         revision = Revision(
             number=number,
             name=revision_name(self.name, number),

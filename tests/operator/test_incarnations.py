@@ -1,0 +1,35 @@
+"""An ExpertPlacement deleted and created again over the same pods: the new incarnation's
+revisions start above what the pods serve, so its rollout is not refused as older."""
+
+from __future__ import annotations
+
+import pytest
+
+from eplb_local.world import World
+
+from .conftest import APP, apply_offline, assert_invariants, mapping_json, planned, serves, spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_placement_deleted_and_created_again_rolls_out(world: World) -> None:
+    expected = world.probe()
+    first = planned(seed=3)
+    apply_offline(world, first)
+    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the first rollout")
+    api = world.kube.api_checked()
+    api.checked("DELETE", f"{world.xpl}/{APP}")
+    world.wait(lambda: api.get(f"{world.xpl}/{APP}").code == 404, 60, "the deletion")
+    # Owned by the placement: the garbage collector removes its revisions with it.
+    world.wait(lambda: world.revisions() == [], 60, "the garbage collector")
+    assert serves(world, first)  # the pods keep serving what they had
+
+    second = planned(seed=9, previous=first)
+    configmap = f"/api/v1/namespaces/{world.namespace}/configmaps/moe-mapping"
+    api.checked("PATCH", configmap, {"data": {"placement.json": mapping_json(second)}},
+                "application/merge-patch+json")  # fmt: skip
+    api.checked("POST", world.xpl, spec(offline={"configMapRef": {"name": "moe-mapping"}}))
+    world.wait(lambda: serves(world, second), 90, "the new incarnation's rollout")
+    revision = world.status()["currentRevision"]
+    assert revision == "moe-2", revision  # above the 1 the pods served
+    assert_invariants(world, expected)
