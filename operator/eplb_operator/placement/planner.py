@@ -26,13 +26,13 @@ from eplb_operator.placement import views
 from eplb_operator.placement.alignment import align_to_previous
 from eplb_operator.placement.gate import load_similarity
 from eplb_operator.placement.incremental import Waypoint, search_path
-from eplb_operator.placement.packing import warm_up
 from eplb_operator.placement.rebalance import (
     Mode,
     groups_of_node_in,
     rebalance,
     rebalance_within_nodes,
     resolve_mode,
+    warm_up,
 )
 from eplb_operator.placement.topology import Topology
 
