@@ -39,8 +39,9 @@ def resolve_mode(mode: Mode, topology: Topology) -> Literal["hierarchical", "glo
         return "hierarchical" if topology.hierarchical_possible else "global"
     if mode == "hierarchical" and not topology.hierarchical_possible:
         raise InvalidInputError(
-            f"hierarchical mode needs nodes ({topology.num_nodes}) to divide "
-            f"groups ({topology.num_groups}); use --mode global"
+            f"hierarchical mode needs nodes ({topology.num_nodes}) to divide groups "
+            f"({topology.num_groups}) and groups to divide experts ({topology.num_experts}); "
+            "use --mode global"
         )
     return mode
 

@@ -6,6 +6,10 @@ and it is the only place that does.
 
 Load model (the one vLLM, SGLang and DeepSeek use): the tokens routed to a logical expert
 are split evenly over its replicas.
+
+A placement in service may mark unused slots with ``-1`` (vLLM's ``compute_logical_maps``
+accepts them): they hold no expert, carry no load and appear in no view.  Placements this
+policy writes fill every slot.
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ def validate_placement(phy2log: torch.Tensor, topology: Topology) -> None:
         raise InvalidInputError(error)
 
 
+def validate_previous(phy2log: torch.Tensor, topology: Topology) -> None:
+    """Raise InvalidInputError unless ``phy2log`` ``[L, P]`` is a usable placement in
+    service: as ``validate_placement``, except that ``-1`` marks an unused slot."""
+    if phy2log.dim() == 2 and not phy2log.dtype.is_floating_point and (phy2log == -1).any():
+        # Check it with each unused slot holding a copy of a used slot's expert of the same
+        # layer: the ids and replica checks then speak only of the used slots.
+        if phy2log.shape[1] == topology.num_slots and (phy2log == -1).all(dim=1).any():
+            layer = int((phy2log == -1).all(dim=1).nonzero()[0])
+            raise InvalidInputError(f"placement layer {layer} has no used slot")
+        if phy2log.shape[1] == topology.num_slots:
+            donor = phy2log.max(dim=1, keepdim=True).values.expand_as(phy2log)
+            phy2log = torch.where(phy2log == -1, donor, phy2log)
+    validate_placement(phy2log, topology)
+
+
 def validate_load(load: torch.Tensor, num_experts: int | None = None) -> None:
     """Raise InvalidInputError unless ``load`` ``[L, E]`` is finite and non-negative."""
     if load.dim() != 2:
@@ -58,8 +77,9 @@ def identity_placement(num_layers: int, topology: Topology) -> torch.Tensor:
 
 def replica_counts(phy2log: torch.Tensor, num_experts: int) -> torch.Tensor:
     """``[L, E]`` int64: replicas of each logical expert, from ``phy2log`` ``[L, P]``."""
+    used = phy2log >= 0
     counts = torch.zeros(phy2log.shape[0], num_experts, dtype=torch.int64)
-    counts.scatter_add_(1, phy2log.long(), torch.ones_like(phy2log, dtype=torch.int64))
+    counts.scatter_add_(1, phy2log.long().clamp(min=0), used.long())
     return counts
 
 
@@ -73,13 +93,17 @@ def log2phy(phy2log: torch.Tensor, num_experts: int) -> torch.Tensor:
     counts = replica_counts(phy2log, num_experts)
     width = max(int(counts.max()) if counts.numel() else 1, 1)
     result = torch.full((num_layers, num_experts, width), -1, dtype=torch.int64)
-    # Stable sort by expert keeps each expert's slots in ascending order.
+    # Stable sort by expert keeps each expert's slots in ascending order; unused slots
+    # (-1) sort first and are dropped.
     order = torch.sort(phy2log.long(), dim=1, stable=True).indices
     sorted_experts = torch.gather(phy2log.long(), 1, order)
-    starts = torch.cumsum(counts, dim=1) - counts
-    position = torch.arange(num_slots).unsqueeze(0) - torch.gather(starts, 1, sorted_experts)
+    unused = (phy2log < 0).sum(dim=1, keepdim=True)
+    starts = torch.cumsum(counts, dim=1) - counts + unused
+    used = sorted_experts >= 0
+    experts = sorted_experts.clamp(min=0)
+    position = torch.arange(num_slots).unsqueeze(0) - torch.gather(starts, 1, experts)
     layer_index = torch.arange(num_layers).unsqueeze(1).expand(-1, num_slots)
-    result[layer_index, sorted_experts, position] = order
+    result[layer_index[used], experts[used], position[used]] = order[used]
     return result
 
 
@@ -88,7 +112,8 @@ def slot_loads(load: torch.Tensor, phy2log: torch.Tensor) -> torch.Tensor:
     load = load.double()
     counts = replica_counts(phy2log, load.shape[1]).double()
     per_replica = load / counts.clamp(min=1)
-    return torch.gather(per_replica, 1, phy2log.long())
+    per_slot = torch.gather(per_replica, 1, phy2log.long().clamp(min=0))
+    return torch.where(phy2log >= 0, per_slot, torch.zeros_like(per_slot))
 
 
 def rank_loads(load: torch.Tensor, phy2log: torch.Tensor, num_ranks: int) -> torch.Tensor:
