@@ -98,4 +98,3 @@ def test_filling_unused_slots_comes_out_of_the_move_budget_first() -> None:
 def test_bad_unused_slots_are_rejected(previous: torch.Tensor, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         plan(torch.ones(1, 4), Topology(4, 2, 3), previous=previous)
-

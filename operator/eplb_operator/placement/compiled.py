@@ -653,9 +653,9 @@ def _local(
                 if receiver == donor:
                     continue
                 receiver_gain = share[receiver, counts[receiver] + 1] - per_replica[receiver]
-                converted_gain = share[receiver, counts[receiver] + 1] - share[
-                    donor, counts[donor] - 1
-                ]
+                converted_gain = (
+                    share[receiver, counts[receiver] + 1] - share[donor, counts[donor] - 1]
+                )
                 worst = 0.0
                 for b in range(num_bins):
                     after[b] = (
@@ -679,7 +679,7 @@ def _local(
                     option[receiver] += 1
                     estimates[found] = worst
                     bounds[found] = max(
-                        hottest_other(per_replica, donor, receiver),
+                        _hottest_other(per_replica, donor, receiver),
                         share[donor, counts[donor] - 1],
                         share[receiver, counts[receiver] + 1],
                     )
@@ -709,11 +709,11 @@ def _local(
 
 
 @numba.njit(cache=True, error_model="numpy")
-def hottest_other(per_replica: FloatArray, first: int, second: int) -> float:
+def _hottest_other(per_replica: FloatArray, first: int, second: int) -> float:
     """The heaviest of ``per_replica`` ``[n]`` other than experts ``first`` and ``second``."""
     hottest = 0.0
     for e in range(per_replica.shape[0]):
-        if e != first and e != second:
+        if e not in (first, second):
             hottest = max(hottest, per_replica[e])
     return hottest
 

@@ -298,7 +298,7 @@ def _plan_against_previous(
         reasons[layer] = LayerReason.BUDGET_LIMITED if partial is not None else LayerReason.UPDATED
 
     for layer, reason in reasons.items():
-        if fills[layer] and not (reason == LayerReason.UPDATED or reason == LayerReason.BUDGET_LIMITED):
+        if fills[layer] and reason not in (LayerReason.UPDATED, LayerReason.BUDGET_LIMITED):
             reasons[layer] = LayerReason.UNUSED_SLOTS_FILLED
 
     layers = [

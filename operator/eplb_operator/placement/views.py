@@ -19,7 +19,6 @@ import torch
 from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement.replication import replicate
 from eplb_operator.placement.topology import Topology
-from eplb_sidecar.contract.validation import placement_error, start_up_placement
 
 
 def validate_placement(phy2log: torch.Tensor, topology: Topology) -> None:
@@ -33,6 +32,9 @@ def validate_placement(phy2log: torch.Tensor, topology: Topology) -> None:
             f"placement has {phy2log.shape[1]} slots per layer, topology has {topology.num_slots} "
             f"({topology.num_ranks} ranks x {topology.slots_per_rank})"
         )
+    # Imported here: the sidecar's contract package loads more than this one check.
+    from eplb_sidecar.contract.validation import placement_error
+
     error = placement_error(phy2log, topology.num_slots, topology.num_experts)
     if error is not None:
         raise InvalidInputError(error)
@@ -72,6 +74,8 @@ def validate_load(load: torch.Tensor, num_experts: int | None = None) -> None:
 
 def identity_placement(num_layers: int, topology: Topology) -> torch.Tensor:
     """``[L, P]``: slot p holds expert ``p mod E`` (what engines start with before any EPLB)."""
+    from eplb_sidecar.contract.validation import start_up_placement
+
     return start_up_placement(num_layers, topology.num_slots, topology.num_experts)
 
 
