@@ -160,10 +160,9 @@ def plan(
     bound = views.imbalance_lower_bound(load, topology)
 
     if previous is None:
-        before = views.imbalance(
-            load, views.identity_placement(num_layers, topology), topology.num_ranks
-        )
         identity = views.identity_placement(num_layers, topology)
+        before = views.imbalance(load, identity, topology.num_ranks)
+        initial_moves = views.moves(identity, fresh)
         layers = [
             LayerPlan(
                 layer,
@@ -172,7 +171,7 @@ def plan(
                 float(fresh_imbalance[layer]),
                 float(fresh_imbalance[layer]),
                 float(bound[layer]),
-                int(views.moves(identity, fresh)[layer]),
+                int(initial_moves[layer]),
                 None,
             )
             for layer in range(num_layers)
