@@ -32,10 +32,6 @@ def test_from_redundant_rejects(args: tuple[int, int, int], message: str) -> Non
             {"num_experts": 256, "num_ranks": 32, "slots_per_rank": 9, "num_nodes": 3},
             "nodes \\(3\\) must divide ranks",
         ),
-        (
-            {"num_experts": 256, "num_ranks": 32, "slots_per_rank": 9, "num_groups": 7},
-            "groups \\(7\\) must divide experts",
-        ),
         ({"num_experts": 0, "num_ranks": 1, "slots_per_rank": 1}, "experts must be >= 1"),
     ],
 )
@@ -46,3 +42,8 @@ def test_topology_rejects(kwargs: dict[str, int], message: str) -> None:
 
 def test_hierarchical_needs_groups_divisible_by_nodes() -> None:
     assert not Topology(256, 32, 9, num_nodes=4, num_groups=2).hierarchical_possible
+
+
+def test_groups_that_do_not_divide_experts_leave_global_placement() -> None:
+    topology = Topology(256, 32, 9, num_nodes=1, num_groups=7)  # accepted, as vLLM does
+    assert not topology.hierarchical_possible

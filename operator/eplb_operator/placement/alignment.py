@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linear_sum_assignment
 
 from eplb_operator.placement.topology import Topology
 
@@ -58,6 +57,9 @@ def _counts_per_rank(ranks: IntArray, num_experts: int) -> IntArray:
 
 def _best_matching(new_counts: IntArray, old_counts: IntArray) -> IntArray:
     """Index into ``old_counts`` rows for each ``new_counts`` row, maximising shared replicas."""
+    # scipy loads here, not at import: `eplb plan` without --previous never needs it.
+    from scipy.optimize import linear_sum_assignment
+
     overlap = np.minimum(new_counts[:, None, :], old_counts[None, :, :]).sum(axis=2)
     rows, cols = linear_sum_assignment(overlap, maximize=True)
     target = np.empty(new_counts.shape[0], dtype=np.int64)

@@ -57,14 +57,18 @@ def search_path(
     target_imbalance: float,
     hierarchical: bool,
     max_moves: int,
+    in_service: IntArray | None = None,
 ) -> list[Waypoint]:
     """Waypoints from ``previous`` ``[P]`` towards ``target_imbalance`` for ``load`` ``[E]``.
 
     The first waypoint is ``previous`` itself; the path ends when the target is met, no step
-    helps, or the next step would exceed ``max_moves`` changed slots.
+    helps, or the next step would exceed ``max_moves`` changed slots.  Changed slots count
+    against ``in_service`` ``[P]`` (default ``previous``): the placement actually served,
+    of which ``previous`` is a completion (its unused slots filled).
     """
-    search = _Search(load, previous, topology, hierarchical)
-    path = [Waypoint(previous.copy(), 0, search.imbalance())]
+    served = previous if in_service is None else in_service
+    search = _Search(load, previous, topology, hierarchical, served)
+    path = [Waypoint(previous.copy(), int((previous != served).sum()), search.imbalance())]
     if search.mean <= 0 or (hierarchical and not search.groups_on_one_node()):
         return path
     target = target_imbalance * search.mean
@@ -73,7 +77,7 @@ def search_path(
         if step is None:
             break
         changed = search.apply(step)
-        moves = int((changed != previous).sum())
+        moves = int((changed != served).sum())
         if moves > max_moves:
             break
         path.append(Waypoint(changed.copy(), moves, search.imbalance()))
@@ -89,9 +93,16 @@ class _Step:
 
 
 class _Search:
-    def __init__(self, load: FloatArray, previous: IntArray, topo: Topology, hierarchical: bool):
+    def __init__(
+        self,
+        load: FloatArray,
+        previous: IntArray,
+        topo: Topology,
+        hierarchical: bool,
+        served: IntArray,
+    ):
         self.load = load.astype(np.float64)
-        self.start = previous
+        self.start = served  # what a changed slot is counted against
         self.phy2log = previous.copy()
         self.topo = topo
         self.hierarchical = hierarchical

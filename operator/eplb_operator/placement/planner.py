@@ -26,15 +26,16 @@ from eplb_operator.placement import views
 from eplb_operator.placement.alignment import align_to_previous
 from eplb_operator.placement.gate import load_similarity
 from eplb_operator.placement.incremental import Waypoint, search_path
-from eplb_operator.placement.packing import warm_up
 from eplb_operator.placement.rebalance import (
     Mode,
     groups_of_node_in,
     rebalance,
     rebalance_within_nodes,
     resolve_mode,
+    warm_up,
 )
 from eplb_operator.placement.topology import Topology
+from eplb_operator.placement.unused_slots import fill_unused_slots
 
 
 class LayerReason(str, Enum):
@@ -47,6 +48,8 @@ class LayerReason(str, Enum):
     ALREADY_BALANCED = "already-balanced"
     GAIN_TOO_SMALL = "gain-too-small"
     BUDGET_EXHAUSTED = "budget-exhausted"
+    # kept, except that its unused slots (-1 in the placement in service) were filled
+    UNUSED_SLOTS_FILLED = "unused-slots-filled"
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,27 @@ class PlanOptions:
 
     mode: Mode = "auto"
     max_moves: int | None = None  # changed slots over all layers; None: unlimited
-    # A migration-aware placement may be this much worse (in imbalance) than a fresh one.
-    slack: float = 0.01
+    # A migration-aware placement may be this much worse (in imbalance) than a fresh one;
+    # None: ``auto_slack`` of the topology.
+    slack: float | None = None
     similarity_threshold: float | None = None  # gate on load similarity; None: off
     min_gain: float = 0.0  # predicted imbalance reduction a layer must offer
+
+    def slack_for(self, topology: Topology) -> float:
+        return auto_slack(topology) if self.slack is None else self.slack
+
+
+# Slack of models with many slots per layer.
+BASE_SLACK = 0.01
+# Below about 60 slots per layer a single changed slot is too coarse a step to chase a 1%
+# gain: Mixtral's 12 slots make each an eighth of the layer's weights.  The slack grows as
+# this / slots (Mixtral: 0.05), measured in benchmarks/placement.py.
+SLACK_SLOTS = 0.6
+
+
+def auto_slack(topology: Topology) -> float:
+    """The default slack: ``max(BASE_SLACK, SLACK_SLOTS / P)``."""
+    return max(BASE_SLACK, SLACK_SLOTS / topology.num_slots)
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,12 @@ class LayerPlan:
 
     @property
     def updated(self) -> bool:
-        return self.reason in (LayerReason.INITIAL, LayerReason.UPDATED, LayerReason.BUDGET_LIMITED)
+        return self.reason in (
+            LayerReason.INITIAL,
+            LayerReason.UPDATED,
+            LayerReason.BUDGET_LIMITED,
+            LayerReason.UNUSED_SLOTS_FILLED,
+        )
 
 
 @dataclass(frozen=True)
@@ -113,15 +138,16 @@ def plan(
     reference_load: torch.Tensor | None = None,
     options: PlanOptions | None = None,
 ) -> Plan:
-    """Plan placements for ``load`` ``[L, E]``; ``previous`` ``[L, P]`` is the one in service,
-    ``reference_load`` ``[L, E]`` the load it was computed from (for the similarity gate)."""
+    """Plan placements for ``load`` ``[L, E]``; ``previous`` ``[L, P]`` is the one in service
+    (``-1`` marks an unused slot; the plan fills every slot), ``reference_load`` ``[L, E]``
+    the load it was computed from (for the similarity gate)."""
     options = options or PlanOptions()
     warm_up()  # compute_seconds counts computation, not numba loading its kernels
     started = time.perf_counter()
     views.validate_load(load, topology.num_experts)
     num_layers = load.shape[0]
     if previous is not None:
-        views.validate_placement(previous, topology)
+        views.validate_previous(previous, topology)
         if previous.shape[0] != num_layers:
             raise InvalidInputError(
                 f"previous placement has {previous.shape[0]} layers, load has {num_layers}"
@@ -134,10 +160,9 @@ def plan(
     bound = views.imbalance_lower_bound(load, topology)
 
     if previous is None:
-        before = views.imbalance(
-            load, views.identity_placement(num_layers, topology), topology.num_ranks
-        )
         identity = views.identity_placement(num_layers, topology)
+        before = views.imbalance(load, identity, topology.num_ranks)
+        initial_moves = views.moves(identity, fresh)
         layers = [
             LayerPlan(
                 layer,
@@ -146,7 +171,7 @@ def plan(
                 float(fresh_imbalance[layer]),
                 float(fresh_imbalance[layer]),
                 float(bound[layer]),
-                int(views.moves(identity, fresh)[layer]),
+                int(initial_moves[layer]),
                 None,
             )
             for layer in range(num_layers)
@@ -171,13 +196,19 @@ def _plan_against_previous(
 ) -> tuple[np.ndarray, list[LayerPlan]]:
     num_layers = load.shape[0]
     hierarchical = resolve_mode(options.mode, topology) == "hierarchical"
+    slack = options.slack_for(topology)
     before = views.imbalance(load, previous, topology.num_ranks)
     similarity = (
         load_similarity(load, reference_load).tolist() if reference_load is not None else None
     )
-    previous_np = previous.long().numpy()
+    load_np = load.double().numpy()
+    served = previous.long().numpy()  # [L, P], -1 where a slot is unused
+    # Every layer is planned from a full placement; filled slots count as moves.
+    previous_np = fill_unused_slots(served, load_np, topology, hierarchical)
+    fills = (previous_np != served).sum(axis=1)
+    kept_imbalance = views.imbalance(load, torch.from_numpy(previous_np), topology.num_ranks)
     aligned = align_to_previous(fresh.numpy(), previous_np, topology)
-    aligned_moves = (aligned != previous_np).sum(axis=1)
+    aligned_moves = (aligned != served).sum(axis=1)
     aligned_imbalance = fresh_imbalance.clone()
     if (
         hierarchical
@@ -186,26 +217,27 @@ def _plan_against_previous(
     ):
         # Keeping every group on its node moves far fewer weights; take it per layer when it
         # balances within slack of the free optimum.
-        kept_nodes = rebalance_within_nodes(load, previous, topology)
-        kept_imbalance = views.imbalance(load, kept_nodes, topology.num_ranks)
-        kept_aligned = align_to_previous(kept_nodes.numpy(), previous_np, topology)
-        kept_moves = (kept_aligned != previous_np).sum(axis=1)
-        better = (kept_imbalance <= fresh_imbalance + options.slack).numpy() & (
-            kept_moves < aligned_moves
+        on_nodes = rebalance_within_nodes(load, torch.from_numpy(previous_np), topology)
+        on_nodes_imbalance = views.imbalance(load, on_nodes, topology.num_ranks)
+        on_nodes_aligned = align_to_previous(on_nodes.numpy(), previous_np, topology)
+        on_nodes_moves = (on_nodes_aligned != served).sum(axis=1)
+        better = (on_nodes_imbalance <= fresh_imbalance + slack).numpy() & (
+            on_nodes_moves < aligned_moves
         )
-        aligned[better] = kept_aligned[better]
-        aligned_moves[better] = kept_moves[better]
-        aligned_imbalance[better] = kept_imbalance[better]
-    load_np = load.double().numpy()
+        aligned[better] = on_nodes_aligned[better]
+        aligned_moves[better] = on_nodes_moves[better]
+        aligned_imbalance[better] = on_nodes_imbalance[better]
     result = previous_np.copy()
     budget = options.max_moves if options.max_moves is not None else np.iinfo(np.int64).max
+    # Filling unused slots is not optional: it comes out of the budget first.
+    budget = max(budget - int(fills.sum()), 0)
 
     reasons: dict[int, LayerReason] = {}
     choices: dict[int, _Choice] = {}
     for layer in range(num_layers):
         # Within slack of the balance the aligned candidate offers (itself within slack of a
         # fresh placement when it keeps groups on their nodes).
-        target = float(aligned_imbalance[layer]) + options.slack
+        target = float(aligned_imbalance[layer]) + slack
         if (
             similarity is not None
             and options.similarity_threshold is not None
@@ -213,7 +245,7 @@ def _plan_against_previous(
         ):
             reasons[layer] = LayerReason.LOAD_UNCHANGED
             continue
-        if float(before[layer]) <= target:
+        if float(kept_imbalance[layer]) <= target:
             reasons[layer] = LayerReason.ALREADY_BALANCED
             continue
         path = search_path(
@@ -222,7 +254,8 @@ def _plan_against_previous(
             topology,
             target,
             hierarchical,
-            max_moves=int(min(aligned_moves[layer], budget)),
+            max_moves=int(min(aligned_moves[layer], budget + fills[layer])),
+            in_service=served[layer],
         )
         reaching = [w for w in path if w.imbalance <= target]
         if reaching and reaching[0].moves <= aligned_moves[layer]:
@@ -232,23 +265,25 @@ def _plan_against_previous(
             choice = _Choice(
                 aligned[layer], int(aligned_moves[layer]), float(aligned_imbalance[layer]), path
             )
-        if float(before[layer]) - choice.imbalance < options.min_gain:
+        if float(kept_imbalance[layer]) - choice.imbalance < options.min_gain:
             reasons[layer] = LayerReason.GAIN_TOO_SMALL
             continue
         choices[layer] = choice
 
-    moves = np.zeros(num_layers, dtype=np.int64)
-    after = before.clone()
+    moves = fills.astype(np.int64)
+    after = kept_imbalance.clone()
     # Largest gain first: when the budget runs short, the worst layers are fixed first.
-    for layer in sorted(choices, key=lambda i: choices[i].imbalance - float(before[i])):
+    for layer in sorted(choices, key=lambda i: choices[i].imbalance - float(kept_imbalance[i])):
         choice = choices[layer]
         partial = None
-        if choice.moves > budget:
+        # The layer's own fills are already paid for.
+        allowed = budget + int(fills[layer])
+        if choice.moves > allowed:
             fitting = [
                 w
                 for w in choice.path
-                if w.moves <= budget
-                and float(before[layer]) - w.imbalance >= max(options.min_gain, 1e-12)
+                if w.moves <= allowed
+                and float(kept_imbalance[layer]) - w.imbalance >= max(options.min_gain, 1e-12)
             ]
             partial = min(fitting, key=lambda w: (w.imbalance, w.moves)) if fitting else None
             if partial is None:
@@ -258,8 +293,12 @@ def _plan_against_previous(
         result[layer] = choice.placement
         moves[layer] = choice.moves
         after[layer] = choice.imbalance
-        budget -= choice.moves
+        budget -= choice.moves - int(fills[layer])
         reasons[layer] = LayerReason.BUDGET_LIMITED if partial is not None else LayerReason.UPDATED
+
+    for layer, reason in reasons.items():
+        if fills[layer] and reason not in (LayerReason.UPDATED, LayerReason.BUDGET_LIMITED):
+            reasons[layer] = LayerReason.UNUSED_SLOTS_FILLED
 
     layers = [
         LayerPlan(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from eplb_operator.placement.compiled import replicate_batch
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -16,7 +17,7 @@ def replicate(load: FloatArray, num_slots: int) -> IntArray:
     Minimises the heaviest replica, ``max(load / counts)``: each extra slot goes to the
     expert whose replicas are currently the heaviest.  The greedy is optimal for that
     objective, since a replica's load only falls as its expert gains replicas.  Ties go to
-    the lower expert id.
+    the lower expert id.  (Compiled, with a heap: ``compiled.replicate_row``.)
 
     Example: load ``[[90, 30, 20, 10]]`` and 6 slots → counts ``[[3, 1, 1, 1]]`` (replicas of
     30, 30, 30, 30, 20, 10).
@@ -24,20 +25,9 @@ def replicate(load: FloatArray, num_slots: int) -> IntArray:
     batch, num_items = load.shape
     if num_slots < num_items:
         raise ValueError(f"{num_slots} slots cannot hold {num_items} experts")
-    counts = np.ones((batch, num_items), dtype=np.int64)
-    _replicate_batch(np.ascontiguousarray(load, dtype=np.float64), num_slots - num_items, counts)
+    counts = np.empty((batch, num_items), dtype=np.int64)
+    replicate_batch(np.ascontiguousarray(load, dtype=np.float64), num_slots, counts)
     return counts
-
-
-@numba.njit(cache=True)
-def _replicate_batch(load: FloatArray, extra: int, counts: IntArray) -> None:
-    replica_load = np.empty(load.shape[1], dtype=np.float64)
-    for row in range(load.shape[0]):
-        replica_load[:] = load[row]
-        for _ in range(extra):
-            hottest = np.argmax(replica_load)  # first maximum: ties go to the lower id
-            counts[row, hottest] += 1
-            replica_load[hottest] = load[row, hottest] / counts[row, hottest]
 
 
 def expand_replicas(counts: IntArray) -> IntArray:

@@ -14,6 +14,8 @@ class Topology:
     Slots are rank-major: rank ``r`` owns slots ``r*S … r*S+S-1``; nodes own consecutive
     ranks.  ``num_groups`` is the model's expert groups (DeepSeek's node-limited routing):
     hierarchical placement keeps every group, and all replicas of its experts, on one node.
+    Groups that do not split evenly (over the nodes, or the experts over the groups) leave
+    only global placement, as in vLLM.
     """
 
     num_experts: int
@@ -41,10 +43,6 @@ class Topology:
         if self.num_ranks % self.num_nodes:
             raise InvalidInputError(
                 f"nodes ({self.num_nodes}) must divide ranks ({self.num_ranks})"
-            )
-        if self.num_experts % self.num_groups:
-            raise InvalidInputError(
-                f"groups ({self.num_groups}) must divide experts ({self.num_experts})"
             )
 
     @classmethod
@@ -84,5 +82,6 @@ class Topology:
 
     @property
     def hierarchical_possible(self) -> bool:
-        """Groups can be packed whole onto nodes (the condition vLLM and DeepSeek use)."""
-        return self.num_groups % self.num_nodes == 0
+        """Groups can be packed whole onto nodes: nodes divide groups (vLLM's and DeepSeek's
+        condition), and groups divide experts."""
+        return self.num_groups % self.num_nodes == 0 and self.num_experts % self.num_groups == 0

@@ -1,0 +1,51 @@
+"""Phases of a one-shot placement in a fresh process, as `eplb plan` runs them.
+
+    python benchmarks/one_shot_phases.py STATS RANKS REDUNDANT NODES GROUPS
+
+Prints one JSON object: seconds per phase.  Kept apart from benchmarks/placement.py, whose
+own imports (torch, numba, the placement package) would hide the costs measured here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    stats_path, ranks, redundant, nodes, groups = sys.argv[1:6]
+    marks: dict[str, float] = {}
+    started = time.perf_counter()
+    import numba  # noqa: F401
+    import numpy  # noqa: F401
+
+    marks["import numpy + numba"] = time.perf_counter() - started
+    started = time.perf_counter()
+    import torch  # noqa: F401
+
+    marks["import torch"] = time.perf_counter() - started
+    started = time.perf_counter()
+    from eplb_operator.cli import main as _cli  # noqa: F401
+    from eplb_operator.formats.stats import read_stats
+    from eplb_operator.placement import Topology, plan
+    from eplb_operator.placement.rebalance import warm_up
+
+    marks["import the CLI, formats and placement"] = time.perf_counter() - started
+    started = time.perf_counter()
+    warm_up()
+    marks["load numba's cached kernels"] = time.perf_counter() - started
+    started = time.perf_counter()
+    stats = read_stats(Path(stats_path))
+    topology = Topology.from_redundant(
+        stats.num_experts, int(ranks), int(redundant), int(nodes), int(groups)
+    )
+    result = plan(stats.load, topology)
+    marks["read stats + plan"] = time.perf_counter() - started
+    marks["of which plan() compute"] = result.compute_seconds
+    print(json.dumps(marks))
+
+
+if __name__ == "__main__":
+    main()
