@@ -114,7 +114,6 @@ def write(path: Path, content: object) -> Path:
     ("case", "message"),
     [
         ("p-not-multiple", "must be a multiple of ranks"),
-        ("groups-not-dividing", "groups (7) must divide experts (256)"),
         ("negative-counts", "negative count"),
         ("unreadable", "no such file"),
         ("both-slot-flags", "exactly one of --redundant and --slots-per-rank"),
@@ -136,8 +135,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     extra: list[str | Path] = []
     if case == "p-not-multiple":
         flags[5] = "30"  # --redundant
-    elif case == "groups-not-dividing":
-        flags[-1] = "7"
     elif case == "negative-counts":
         stats = write(tmp_path / "neg.json", {"windows": [[[5, -1, 3, 2]]]})
         flags = ["--ranks", "2", "--redundant", "0"]
