@@ -73,6 +73,7 @@ class Demo:
         self.fault_notes: list[str] = []
         self.fault_injected = False
         self.operator_restarts = 0
+        self._interrupted_revision: str | None = None  # the rollout the operator died in
         self._fault_done = False
         self._prometheus_stopped_at: float | None = None
         self._observed: float | None = None
@@ -265,6 +266,7 @@ class Demo:
                 self.fault_injected = True
                 self._fault_done = True
                 self.operator_restarts += 1
+                self._interrupted_revision = record.revision
                 self.fault_notes.append(f"operator killed at {committed}/{total} layers of "
                                         f"{record.revision}; the node restarted it")  # fmt: skip
                 self.view.say(f"[yellow]fault: {self.fault_notes[-1]}[/yellow]")
@@ -306,7 +308,7 @@ class Demo:
         else:
             outcome = "; ".join(self.fault_notes) + "; no rollout completed afterwards"
         if fault is Fault.restart_operator_mid_rollout and self.fault_injected and completed:
-            interrupted = self.fault_notes[0].split(" of ")[1].split(" ")[0]
+            interrupted = self._interrupted_revision
             if completed[0].revision != interrupted:
                 self.problems.append(
                     f"the restarted operator completed {completed[0].revision}, not the "
