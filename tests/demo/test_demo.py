@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from eplb_local.demo.options import DemoOptions, placement_manifest
-from eplb_operator.report.recording import Recording
 from tests.console import eplb, eplb_command
 
 pytestmark = pytest.mark.slow
@@ -44,46 +43,10 @@ def assert_rebalanced_safely(summary: dict[str, Any]) -> None:
     assert summary["imbalance_after"] < summary["imbalance_before"] - 0.1, summary["phases"]
 
 
-def test_demo_rebalances_twice_and_reports(tmp_path: Path) -> None:
-    workdir, report = tmp_path / "demo", tmp_path / "report"
-    summary = run_demo(workdir, "--prometheus", "on", "--report", str(report))
-    assert_rebalanced_safely(summary)
-    assert summary["prometheus"] is True
-    assert summary["aborted"] == 0 and summary["fault"] is None
-    first, shifted = summary["phases"]
-    for phase in (first, shifted):  # each load pattern: worse before, balanced after
-        assert phase["rebalanced"], phase
-        assert phase["imbalance_after"] < 1.15 < phase["imbalance_before"], phase
-    assert summary["rebalances"] >= 2
-    completed = [r for r in summary["rollouts"] if r["result"] == "completed"]
-    assert sum(r["moves"] for r in completed) == summary["moves"]
-    assert all(r["batches"] >= 1 and r["prepare_seconds"] > 0 for r in completed), completed
-    assert summary["rollout_seconds"] > 0
-
-    # The report: three PNGs and a page that needs nothing else.
-    for name in ("rank-load.png", "imbalance.png", "moves.png"):
-        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    page = (report / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 3
-    assert "http://" not in page and "https://" not in page
-    for record in completed:
-        assert f"<td>{record['revision']}</td>" in page
-
-    # `eplb report` draws the same from the demo's directory afterwards.
-    again = eplb("report", "--demo", workdir, "--output", tmp_path / "again")
-    assert again.returncode == 0, again.stderr
-    assert (tmp_path / "again" / "report.html").exists()
-    recording = Recording.load(workdir)
-    assert (recording.layers, recording.ranks) == (4, 4)
-    assert len(recording.samples) >= 20  # one a second
-    assert [r.revision for r in recording.rollouts] == [r["revision"] for r in summary["rollouts"]]
-
-
-@pytest.mark.parametrize(
-    "fault",
-    ["kill-sidecar-at-prepare", "kill-sidecar-at-commit", "slow-pod",
-     "restart-operator-mid-rollout", "prometheus-down"],
-)  # fmt: skip
+# Two of the demo's five faults, each a different driver of its own (a sidecar restart seen,
+# the operator killed mid-rollout).  The operator's handling of all five is asserted on the
+# same World in tests/operator/test_faults.py; a demo run costs two minutes of CI's 20.
+@pytest.mark.parametrize("fault", ["kill-sidecar-at-prepare", "restart-operator-mid-rollout"])
 def test_demo_survives_the_fault(tmp_path: Path, fault: str) -> None:
     summary = run_demo(tmp_path / "demo", "--no-shift", "--fault", fault)
     assert_rebalanced_safely(summary)
@@ -93,20 +56,11 @@ def test_demo_survives_the_fault(tmp_path: Path, fault: str) -> None:
     if fault == "kill-sidecar-at-prepare":  # the barrier fails: aborted everywhere, retried
         assert result["sidecar_restarts"] >= 1
         assert summary["aborted"] >= 1 and rollouts[-1]["result"] == "completed"
-    elif fault == "kill-sidecar-at-commit":  # past the barrier: the commit is retried
-        assert result["sidecar_restarts"] >= 1
-        assert summary["aborted"] == 0
-    elif fault == "slow-pod":
-        assert summary["aborted"] >= 1
-        assert rollouts[0]["reason"] == "BarrierTimeout", rollouts
-    elif fault == "restart-operator-mid-rollout":  # the same revision resumes
+    else:  # the operator restarted mid-rollout: the same revision resumes
         assert result["operator_restarts"] == 1
         assert summary["aborted"] == 0
         assert [r["revision"] for r in rollouts] == ["sandbox-1"], rollouts
         assert "resumed" in result["outcome"]
-    else:
-        assert summary["prometheus"] is True
-        assert "MetricsUnavailable" in result["outcome"]
 
 
 def test_bad_flags_are_one_line_and_start_nothing(tmp_path: Path) -> None:
@@ -144,17 +98,23 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def pod_namespaces() -> set[str]:
-    """Network namespaces of local pods (eplb<subnet>-<host>), of every local cluster."""
-    netns = Path("/run/netns")
-    return (
-        {p.name for p in netns.iterdir() if p.name.startswith("eplb")} if netns.is_dir() else set()
-    )
+def pod_namespaces(owner: int) -> set[str]:
+    """Network namespaces (eplb<subnet>-<host>) of the pods of the local cluster that
+    process ``owner`` started: its subnet's claim file holds its pid.  Other clusters (the
+    session's, another pytest worker's) are not counted."""
+    claims, netns = Path("/run/eplb-local/subnets"), Path("/run/netns")
+    subnets = {
+        claim.name
+        for claim in claims.glob("*")
+        if claim.name.isdigit() and claim.read_text().strip() == str(owner)
+    }
+    if not netns.is_dir():
+        return set()
+    return {p.name for p in netns.iterdir() if p.name.split("-")[0][4:] in subnets}
 
 
 def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
     workdir, output = tmp_path / "demo", tmp_path / "output.txt"
-    others = pod_namespaces()  # the session cluster's pods, if any
     with open(output, "wb") as out:
         demo = subprocess.Popen(
             [*eplb_command(), "demo", "--workdir", str(workdir), *SMALL],
@@ -166,13 +126,13 @@ def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
         time.sleep(0.2)
     children = [pid for pid in processes_mentioning(str(workdir)) if pid != demo.pid]
     assert len(children) >= 4, children  # etcd, kube-apiserver, controller-manager, node, …
-    pods = pod_namespaces() - others
+    pods = pod_namespaces(demo.pid)
     assert len(pods) >= 4 + 1, pods  # the serving pods and the operator's
     demo.send_signal(signal.SIGINT)
     assert demo.wait(90) == 130
     assert "interrupted: every process the demo started is stopped" in output.read_text()
     assert processes_mentioning(str(workdir)) == []
-    assert not pods & pod_namespaces()  # the pods' namespaces (and their processes) are gone
+    assert not pods & {p.name for p in Path("/run/netns").iterdir()}  # and their processes
 
 
 def test_the_sandbox_example_is_what_the_demo_applies() -> None:

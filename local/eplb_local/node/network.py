@@ -18,6 +18,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class PodNetwork:
                     holder = 0
                 if holder and _alive(holder):
                     continue
+                if not holder and _seconds_since_written(claim) < 10:
+                    continue  # just created: its owner writes its pid next
                 network = cls(index)
                 network.teardown()  # a dead cluster's leftovers
                 claim.unlink(missing_ok=True)
@@ -155,3 +158,10 @@ class PodNetwork:
     def remove_pod(self, address: str, netns: str) -> None:
         _ip("netns", "del", netns, check=False)  # takes eth0, and with it the veth pair
         self.used.discard(int(ipaddress.ip_address(address)) - int(self.subnet.network_address))
+
+
+def _seconds_since_written(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")

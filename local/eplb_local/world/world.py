@@ -221,10 +221,7 @@ class World:
     def stop(self) -> None:
         """Delete the ExpertPlacements while the operator still runs (it removes its
         finalizer), uninstall both releases, delete the namespace; wait for its pods to go."""
-        if self._discovery is not None:
-            self._discovery.stop()
-        if self.prometheus is not None:
-            self.prometheus.stop()
+        self.stop_host_processes()
         if self.operator:
             self.kube.kubectl("delete", "expertplacements", "--all", "-n", self.namespace,
                               "--wait=true", "--timeout=30s")  # fmt: skip
@@ -238,6 +235,15 @@ class World:
         # The next test gets its own namespace; the node stops these pods all the same.
         with contextlib.suppress(AssertionError):
             self.wait(lambda: not self._pod_objects(""), 60, "the namespace's pods to go")
+
+    def stop_host_processes(self) -> None:
+        """Stop what runs beside the cluster (Prometheus and its target discovery); enough
+        when the whole cluster stops next, its node taking every pod with it."""
+        if self._discovery is not None:
+            self._discovery.stop()
+            self._discovery = None
+        if self.prometheus is not None:
+            self.prometheus.stop()
 
     def settle(self, seconds: float) -> None:
         """Wait until the engines have served for ``seconds``."""
