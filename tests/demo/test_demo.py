@@ -121,7 +121,9 @@ def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not (workdir / "recording.json").exists():  # every process is up and sampled
+    # Mid-run: every process is up and the placement applied (recording.json is written at
+    # the end, too late now that the demo's end takes a second).
+    while "applied ExpertPlacement" not in output.read_text(errors="replace"):
         assert demo.poll() is None and time.monotonic() < deadline, output.read_text()
         time.sleep(0.2)
     children = [pid for pid in processes_mentioning(str(workdir)) if pid != demo.pid]
