@@ -74,15 +74,15 @@ class CapacityWatch(threading.Thread):
         self.world = world
         self.sizes = sizes  # group → pods when whole
         self.samples: list[tuple[float, dict[str, int]]] = []
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             self.samples.append((time.monotonic(), self.world.ready_by_group()))
-            self._stop.wait(0.2)
+            self._stopping.wait(0.2)
 
     def finish(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(10)
 
     def fewest_whole_groups(self) -> int:

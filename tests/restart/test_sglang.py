@@ -6,6 +6,7 @@ at a time: never fewer than N−1 groups serving."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def test_sglang_groups_restart_one_at_a_time_onto_a_placement_from_their_dumps(
     assert world.prometheus is not None
     world.kube.api_checked().merge(f"{world.xpl}/moe", {"spec": {
         "rollout": {"paused": False}, "metrics": {"prometheusUrl": world.prometheus.url}}})  # fmt: skip
+    began = time.monotonic()
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 150, "the rollout")
+    print(f"rollout took {time.monotonic() - began:.1f} s")
     watch.finish()
 
     # Capacity: at every moment at least N-1 of the N groups had every pod Ready, and the
