@@ -35,11 +35,19 @@ CASES = [
     # a pending group that is down anyway goes first: restarting it costs no capacity
     ([group("a", 0, "0r", "0r"), group("b", 0, "0r", "0n")], 1, Step.RESTART, "b"),
     # another group is down and not pending: restarting a healthy one would leave N-2
-    ([group("a", 0, "0r", "0r"), group("b", 1, "1r", "1r"), group("c", 1, "1r", "1n")],
-     1, Step.WAIT, "c"),  # fmt: skip
+    (
+        [group("a", 0, "0r", "0r"), group("b", 1, "1r", "1r"), group("c", 1, "1r", "1n")],
+        1,
+        Step.WAIT,
+        "c",
+    ),
     # a group down on another revision (an aborted rollout's) is pending too: it goes first
-    ([group("a", 0, "0r", "0r"), group("b", 1, "1r", "1r"), group("c", 2, "2r", "2n")],
-     1, Step.RESTART, "c"),  # fmt: skip
+    (
+        [group("a", 0, "0r", "0r"), group("b", 1, "1r", "1r"), group("c", 2, "2r", "2n")],
+        1,
+        Step.RESTART,
+        "c",
+    ),
     # rollback onto an older revision is the same walk
     ([group("a", 2, "2r", "2r"), group("b", 2, "2r", "2r")], 1, Step.RESTART, "a"),
 ]

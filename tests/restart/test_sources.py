@@ -103,9 +103,7 @@ async def test_a_half_written_line_waits_for_its_end(engine: Engine, tmp_path: P
     np.testing.assert_array_equal(counted(counters), engine.logical(0))
 
 
-async def test_truncated_file_is_read_again_from_its_start(
-    engine: Engine, tmp_path: Path
-) -> None:
+async def test_truncated_file_is_read_again_from_its_start(engine: Engine, tmp_path: Path) -> None:
     stats = tmp_path / "expert-load.jsonl"
     counters = ExpertCounters()
     source = VllmStatsSource(stats, counters, LAYER_IDS, MODEL.experts)
@@ -137,9 +135,7 @@ async def test_rotated_file_is_finished_then_the_new_one_read(
     np.testing.assert_array_equal(counted(counters), engine.logical(0, 1, 2, 3))
 
 
-async def test_bad_lines_are_skipped_and_the_rest_counted(
-    engine: Engine, tmp_path: Path
-) -> None:
+async def test_bad_lines_are_skipped_and_the_rest_counted(engine: Engine, tmp_path: Path) -> None:
     stats = tmp_path / "expert-load.jsonl"
     counters = ExpertCounters()
     source = VllmStatsSource(stats, counters, LAYER_IDS, MODEL.experts)
