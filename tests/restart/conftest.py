@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from eplb_local.kube.audit import Access
 from eplb_local.standin.world import StandinWorld
 from eplb_local.world import LocalKube
 from eplb_sidecar.engine.config import EngineConfig
@@ -23,13 +22,6 @@ RANKS = 2
 LAYER_IDS = [2, 3, 4, 5]  # a model of 6 hidden layers, the first 2 dense
 EXPERTS = 16
 REDUNDANT = 4
-# What a Restart rollout needs beyond a hot-swap operator's rights (tests/charts/test_rbac
-# checks the rest against a hot-swap run; the tests here check these were used).
-RESTART_ACCESSES = {
-    Access("apps", "statefulsets", "get"), Access("apps", "statefulsets", "patch"),
-    Access("apps", "deployments", "get"), Access("apps", "deployments", "patch"),
-    Access("", "configmaps", "create"), Access("", "configmaps", "delete"),
-}  # fmt: skip
 
 
 def restart_spec(engine: str, kind: str, **changes: Any) -> dict[str, Any]:

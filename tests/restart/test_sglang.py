@@ -25,7 +25,6 @@ from .conftest import (
     LAYER_IDS,
     RANKS,
     REDUNDANT,
-    RESTART_ACCESSES,
     CapacityWatch,
     build_world,
     event_reasons,
@@ -33,6 +32,7 @@ from .conftest import (
     restart_spec,
     revision_data,
 )
+from .rbac import RESTART_ACCESSES
 
 pytestmark = pytest.mark.slow
 KEY = "init-expert-location.json"
