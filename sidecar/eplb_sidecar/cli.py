@@ -39,8 +39,49 @@ def version_command() -> None:
 
 @app.command("serve")
 def serve_command(
-    table_dir: TableDir,
-    token_file: Annotated[Path, typer.Option(help="Bearer token of the control API (a Secret).")],
+    table_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory of the expert table (shared-memory emptyDir); source table."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="Bearer token of the control API (a Secret); --source table."),
+    ] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Where load comes from: table (the engine contract: export and hot swap), or "
+            "the engine's own output: vllm-stats, sglang, trtllm (export only)."
+        ),
+    ] = "table",
+    stats_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="vllm-stats: the JSONL at vLLM's write_stats_path; sglang: "
+            "SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR; trtllm: EXPERT_STATISTIC_PATH."
+        ),
+    ] = None,
+    engine_url: Annotated[
+        str | None,
+        typer.Option(help="sglang: the engine's HTTP server, e.g. http://127.0.0.1:30000."),
+    ] = None,
+    placement_file: Annotated[
+        Path | None,
+        typer.Option(help="trtllm: the load-balancer YAML the engine started from (folds slots)."),
+    ] = None,
+    layer_ids: Annotated[
+        str | None,
+        typer.Option(
+            help="Engine layer ids of the MoE layers, e.g. 3-60 (vLLM counts MoE layers "
+            "only; SGLang's dumps have a row per hidden layer)."
+        ),
+    ] = None,
+    experts: Annotated[
+        int | None, typer.Option(help="Logical experts per layer (checks the engine's output).")
+    ] = None,
+    poll_seconds: Annotated[
+        float, typer.Option(help="How often a load source is read (sglang: dumped).")
+    ] = 5.0,
     pod: Annotated[str, typer.Option(envvar="POD_NAME", help="Pod name shown by /v1/info.")] = (
         socket.gethostname()
     ),
@@ -69,11 +110,18 @@ def serve_command(
         Path | None, typer.Option(help="Write the bound ports here (JSON; for port 0).")
     ] = None,
 ) -> None:
-    """Attach to the engine's expert table; serve the control API and /metrics."""
+    """Attach to the engine's expert table and serve the control API and /metrics; or, with
+    another --source, export the engine's own load output on /metrics."""
+    if source != "table":
+        _serve_source(source, stats_path, engine_url, placement_file, layer_ids, experts,
+                      poll_seconds, bind, metrics_port, ports_file)  # fmt: skip
+        return
     from eplb_sidecar.runtime import SidecarOptions, run_sidecar
 
     if backend not in ("gloo", "nccl"):
         raise typer.BadParameter("must be gloo or nccl", param_hint="--backend")
+    if table_dir is None or token_file is None:
+        _fail("serve", "--source table needs --table-dir and --token-file")
     run_sidecar(
         SidecarOptions(
             table_dir=table_dir,
@@ -182,6 +230,44 @@ def engine_command(
     from eplb_sidecar.runtime import run_engine
 
     run_engine(config, table_dir, bind, port, ports_file)
+
+
+def _serve_source(
+    source: str,
+    stats_path: Path | None,
+    engine_url: str | None,
+    placement_file: Path | None,
+    layer_ids: str | None,
+    experts: int | None,
+    poll_seconds: float,
+    bind: str,
+    metrics_port: int,
+    ports_file: Path | None,
+) -> None:
+    """``serve --source vllm-stats|sglang|trtllm``: checked options, then the exporter."""
+    from eplb_operator.errors import InvalidInputError
+    from eplb_sidecar.runtime import run_source_sidecar
+    from eplb_sidecar.sources import SOURCES
+    from eplb_sidecar.sources.counters import ExpertCounters
+    from eplb_sidecar.sources.layers import parse_layer_ids
+    from eplb_sidecar.sources.serve import SourceOptions, build_source
+
+    if source not in SOURCES:
+        _fail("serve", f"--source must be one of {', '.join(SOURCES)}, not {source!r}")
+    if poll_seconds <= 0 or (experts is not None and experts < 1):
+        _fail("serve", "--poll-seconds and --experts must be positive")
+    try:
+        ids = parse_layer_ids(layer_ids) if layer_ids is not None else None
+        options = SourceOptions(
+            source=source,  # checked against SOURCES above
+            stats_path=stats_path, engine_url=engine_url, placement_file=placement_file,
+            layer_ids=ids, experts=experts, poll_seconds=poll_seconds,
+        )  # fmt: skip
+        counters = ExpertCounters()
+        built = build_source(options, counters)
+    except (InvalidInputError, ValueError) as error:
+        _fail("serve", str(error))
+    run_source_sidecar(built, counters, poll_seconds, bind, metrics_port, ports_file)
 
 
 def _fail(command: str, message: str) -> NoReturn:

@@ -6,8 +6,10 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from aiohttp import web
@@ -20,6 +22,8 @@ from eplb_sidecar.engine.server import ServedEngine, engine_app
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.server import TokenFile, control_app, metrics_app
 from eplb_sidecar.shuffle import ShuffleExecutor
+from eplb_sidecar.sources.counters import ExpertCounters
+from eplb_sidecar.sources.serve import LoadSource, source_apps
 from eplb_sidecar.transfer import Backend, PeerGroups
 
 log = logging.getLogger("eplb_sidecar")
@@ -46,9 +50,11 @@ async def _serve(
     apps: list[tuple[str, web.Application, str, int]],
     ports_file: Path | None,
     extra_ports: dict[str, int] | None = None,
+    tasks: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> None:
-    """Serve ``(role, app, host, port)`` until SIGTERM; port 0 binds any free port, and
-    ``ports_file`` then tells the bound ports (role → port) to whoever started us."""
+    """Serve ``(role, app, host, port)`` until SIGTERM, running ``tasks`` beside; port 0 binds
+    any free port, and ``ports_file`` then tells the bound ports (role → port) to whoever
+    started us."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,7 +72,10 @@ async def _serve(
         tmp = ports_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(ports))
         tmp.replace(ports_file)
+    running = [asyncio.create_task(task()) for task in tasks]
     await stop.wait()
+    for task in running:
+        task.cancel()
     for runner in runners:
         await runner.cleanup()
 
@@ -101,6 +110,19 @@ def run_sidecar(options: SidecarOptions) -> None:
     ]
     transfer = {"transfer": peers.port} if peers is not None else {}
     asyncio.run(_serve(apps, options.ports_file, transfer))
+
+
+def run_source_sidecar(
+    source: LoadSource,
+    counters: ExpertCounters,
+    poll_seconds: float,
+    bind: str,
+    metrics_port: int,
+    ports_file: Path | None = None,
+) -> None:
+    """A sidecar without an expert table: export an engine's own load output until SIGTERM."""
+    app, poll = source_apps(source, counters, poll_seconds)
+    asyncio.run(_serve([("metrics", app, bind, metrics_port)], ports_file, tasks=[poll]))
 
 
 def run_engine(

@@ -24,8 +24,12 @@ eplb.io/group: {{ .group | quote }}
 {{- end -}}
 
 {{- define "eplb-sidecar.engineVolumeMounts" -}}
+{{- if eq .Values.source "table" }}
 - name: eplb-table
   mountPath: {{ .Values.tableDir }}
+{{- else }}
+{{- include "eplb-sidecar.sourceMounts" . }}
+{{- end }}
 {{- end -}}
 
 {{- define "eplb-sidecar.container" -}}
@@ -33,6 +37,7 @@ eplb.io/group: {{ .group | quote }}
   image: {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
   args:
+    {{- if eq .Values.source "table" }}
     - serve
     - --table-dir={{ .Values.tableDir }}
     - --token-file=/var/run/eplb/token/token
@@ -41,6 +46,9 @@ eplb.io/group: {{ .group | quote }}
     - --transfer-port={{ .Values.transferPort }}
     {{- with .Values.checkpointPath }}
     - --checkpoint={{ . }}
+    {{- end }}
+    {{- else }}
+    {{- include "eplb-sidecar.sourceArgs" . | nindent 4 }}
     {{- end }}
   env:
     - name: POD_NAME
@@ -51,9 +59,13 @@ eplb.io/group: {{ .group | quote }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   ports:
+    {{- if eq .Values.source "table" }}
     - {name: eplb-control, containerPort: {{ .Values.controlPort }}, protocol: TCP}
+    {{- end }}
     - {name: eplb-metrics, containerPort: {{ .Values.metricsPort }}, protocol: TCP}
+    {{- if eq .Values.source "table" }}
     - {name: eplb-transfer, containerPort: {{ .Values.transferPort }}, protocol: TCP}
+    {{- end }}
   {{- with .Values.readinessProbe }}
   readinessProbe:
     {{- toYaml . | nindent 4 }}
@@ -69,11 +81,15 @@ eplb.io/group: {{ .group | quote }}
     {{- toYaml . | nindent 4 }}
   {{- end }}
   volumeMounts:
+    {{- if eq .Values.source "table" }}
     - name: eplb-table
       mountPath: {{ .Values.tableDir }}
     - name: eplb-token
       mountPath: /var/run/eplb/token
       readOnly: true
+    {{- else }}
+    {{- include "eplb-sidecar.sourceMounts" . | nindent 4 }}
+    {{- end }}
     - name: eplb-tmp
       mountPath: /tmp
     {{- with .Values.extraVolumeMounts }}
@@ -82,6 +98,7 @@ eplb.io/group: {{ .group | quote }}
 {{- end -}}
 
 {{- define "eplb-sidecar.volumes" -}}
+{{- if eq .Values.source "table" }}
 - name: eplb-table
   emptyDir:
     medium: Memory
@@ -89,6 +106,16 @@ eplb.io/group: {{ .group | quote }}
 - name: eplb-token
   secret:
     secretName: {{ .Values.tokenSecretName }}
+{{- else }}
+- name: eplb-stats
+  emptyDir: {}
+{{- if .Values.placement.name }}
+- name: eplb-placement
+  configMap:
+    # The operator points this at each revision's ConfigMap (rollout.strategy Restart).
+    name: {{ .Values.placement.name }}-placement-0
+{{- end }}
+{{- end }}
 - name: eplb-tmp
   emptyDir: {}
 {{- end -}}

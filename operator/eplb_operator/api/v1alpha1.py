@@ -260,6 +260,19 @@ class OnlineSpec(ApiModel):
 
 
 class RolloutSpec(ApiModel):
+    strategy: Literal["HotSwap", "Restart"] = Field(
+        default="HotSwap",
+        description="HotSwap: sidecars move expert weights inside running engines (engine "
+        "table). Restart: the operator renders the engine's start-up file into a ConfigMap "
+        "and restarts the serving workload (spec.workloadRef) one EP group at a time.",
+    )
+    min_interval_seconds: int = Field(
+        default=1800,
+        ge=0,
+        le=604800,
+        description="Restart only: least time from the end of one restart rollout to the start "
+        "of the next (a restart costs minutes of a group's capacity).",
+    )
     layers_per_step: int = Field(
         default=4, ge=1, le=1024, description="Layers prepared and committed per barrier round."
     )
@@ -292,6 +305,27 @@ class MetricsSpec(ApiModel):
     timeout_seconds: int = Field(
         default=10, ge=1, le=300, description="Timeout of one Prometheus query or scrape."
     )
+
+
+class WorkloadRef(ApiModel):
+    """The serving workload that a Restart rollout restarts, one EP group at a time."""
+
+    api_version: Literal["apps/v1"] = Field(
+        default="apps/v1", description="API version of the workload."
+    )
+    kind: Literal["StatefulSet", "Deployment"] = Field(
+        description="StatefulSet or Deployment (one per EP group, or one for a single group)."
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the workload; {group} is replaced by an EP group's name (its "
+        "pods' groupLabel), so each group's workload is found: e.g. 'moe-{group}'.",
+    )
+
+    def name_of(self, group: str) -> str:
+        """The workload of EP group ``group``."""
+        return self.name.replace("{group}", group)
 
 
 class RebalanceTrigger(ApiModel):
@@ -327,6 +361,20 @@ SPEC_RULES: list[dict[str, str]] = [
         "topology.ranks x topology.slotsPerRank must be at least model.experts",
     ),
     cel("has(self.offline) || has(self.online)", "set offline, online, or both"),
+    cel(
+        "self.rollout.strategy != 'Restart' || has(self.workloadRef)",
+        "rollout.strategy Restart needs workloadRef: the workload whose pods restart",
+    ),
+    cel(
+        "(self.rollout.strategy == 'Restart') == (self.engine != 'table')",
+        "engine sglang, trtllm and vllm take placements at start-up (rollout.strategy Restart); "
+        "engine table swaps them live (rollout.strategy HotSwap)",
+    ),
+    cel(
+        "self.engine != 'vllm' || !has(self.offline)",
+        "engine vllm plans its own placement from load statistics at start-up: it takes no "
+        "offline mapping (use online)",
+    ),
 ]
 
 
@@ -353,6 +401,15 @@ class ExpertPlacementSpec(ApiModel):
         default_factory=RolloutSpec,
         description="How changes roll out.",
         json_schema_extra={"default": {}},
+    )
+    engine: Literal["table", "sglang", "trtllm", "vllm"] = Field(
+        default="table",
+        description="What serves the model: table (an engine with the EPLB engine table, hot "
+        "swapped), or sglang, trtllm or vllm, which get the placement in their own start-up "
+        "file (--init-expert-location, moe_config.load_balancer, eplb_config.read_stats_path).",
+    )
+    workload_ref: WorkloadRef | None = Field(
+        default=None, description="Workload a Restart rollout restarts."
     )
     metrics: MetricsSpec = Field(
         default_factory=MetricsSpec,
@@ -414,6 +471,23 @@ class LastRebalance(ApiModel):
     layers_updated: int = Field(default=0, ge=0)
 
 
+class GroupStatus(ApiModel):
+    """One EP group under a Restart rollout: which revision its pods serve."""
+
+    name: str = Field(description="The group (its pods' groupLabel).")
+    revision: str | None = Field(
+        default=None, description="Revision every pod of the group serves; unset while mixed."
+    )
+    pods: int = Field(default=0, ge=0, description="Pods of the group.")
+    ready_pods: int = Field(default=0, ge=0, description="Ready pods of the group.")
+    restarted_at: str | None = Field(
+        default=None, description="When the group was last restarted (RFC 3339)."
+    )
+    restarting: str | None = Field(
+        default=None, description="Revision the group is restarting onto, until it is back."
+    )
+
+
 class ExpertPlacementStatus(ApiModel):
     observed_generation: int | None = Field(default=None, ge=0)
     conditions: list[Condition] | None = Field(
@@ -431,6 +505,11 @@ class ExpertPlacementStatus(ApiModel):
     layers_total: int | None = Field(default=None, ge=0)
     last_rebalance: LastRebalance | None = None
     observed_rebalance_id: str | None = None
+    groups: list[GroupStatus] | None = Field(
+        default=None,
+        description="Restart rollouts: the revision each EP group serves.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
 
 
 class ObjectMeta(ApiModel):

@@ -150,6 +150,11 @@ class PrometheusSource:
     async def window(
         self, namespace: str, pods: list[str], window_seconds: int, layers: int, experts: int
     ) -> LoadWindow:
+        samples = await self.samples(namespace, pods, window_seconds)
+        return window_from_samples(samples, pods, layers, experts)
+
+    async def samples(self, namespace: str, pods: list[str], window_seconds: int) -> list[Sample]:
+        """Tokens per (pod, layer, expert) in the window, as Prometheus answers them."""
         query = self.query(namespace, pods, window_seconds)
         try:
             result = await asyncio.wait_for(
@@ -185,7 +190,7 @@ class PrometheusSource:
                     value=number,
                 )
             )
-        return window_from_samples(samples, pods, layers, experts)
+        return samples
 
 
 Snapshot = dict[tuple[int, int, int], float]  # (layer, expert, slot) → counter value
@@ -207,6 +212,11 @@ class ScrapeSource:
         self, urls: dict[str, str], window_seconds: int, layers: int, experts: int
     ) -> LoadWindow:
         """``urls``: pod → its sidecar's metrics URL."""
+        samples = await self.samples(urls, window_seconds)
+        return window_from_samples(samples, list(urls), layers, experts)
+
+    async def samples(self, urls: dict[str, str], window_seconds: int) -> list[Sample]:
+        """Each pod's increase per (layer, expert) over the window (``urls`` as for window)."""
         now = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -226,7 +236,7 @@ class ScrapeSource:
                 increase = value - before if value >= before else value
                 totals[(layer, expert)] = totals.get((layer, expert), 0.0) + increase
             samples += [Sample(pod, layer, expert, v) for (layer, expert), v in totals.items()]
-        return window_from_samples(samples, list(urls), layers, experts)
+        return samples
 
     async def _scrape(self, session: aiohttp.ClientSession, pod: str, url: str) -> Snapshot:
         try:
@@ -247,10 +257,13 @@ class ScrapeSource:
         for family in families:
             for sample in family.samples:
                 if sample.name == TOKENS:
+                    # A load source's series has no slot (its engine counts logical experts).
+                    labels = sample.labels
+                    slot = _label_int(labels, "slot", f"pod {pod}") if "slot" in labels else -1
                     key = (
                         _label_int(sample.labels, "layer", f"pod {pod}"),
                         _label_int(sample.labels, "expert", f"pod {pod}"),
-                        _label_int(sample.labels, "slot", f"pod {pod}"),
+                        slot,
                     )
                     snapshot[key] = float(sample.value)
         return snapshot

@@ -103,6 +103,10 @@ class Reconciler:
             spec = ExpertPlacementSpec.model_validate(obj["spec"])
         except pydantic.ValidationError as error:
             return await self._degraded("InvalidSpec", "; ".join(e["msg"] for e in error.errors()))
+        if spec.rollout.strategy == "Restart":  # engines that take placements at start-up
+            from eplb_operator.controller.restart import RestartPass  # it builds on this module
+
+            return await RestartPass(self, obj, spec, status).run()
         if spec.rollout.paused:
             await self._write(
                 {"Progressing": ("False", "Paused", "spec.rollout.paused is set")}, phase="Paused"
