@@ -4,11 +4,9 @@ Level-triggered: every pass starts from what the API and the pods say now.
 1. Pods: the selector's pods must form whole EP groups (else ``Degraded/PodsInconsistent``)
    with an address and a sidecar that answers (else ``PodsNotReady``) and serves the
    spec's shape (else ``InvalidSpec``).
-2. Decide the target revision, first match wins: a rollout in progress
-   (``status.targetRevision``; never re-planned), ``spec.pinnedRevision`` (rollback), a new
-   offline mapping in the referenced ConfigMap, an online rebalance that is due (interval
-   or a new ``spec.rebalance.id``) and changes some layer, or the current revision when a
-   pod serves something else (it restarted).
+2. Decide the target revision with :func:`.decide.decide` (pure; its docstring has the
+   rules) and perform what it says: make a rollback revision, read the offline mapping,
+   read the load window and plan; then :func:`.decide.gate` says whether to roll out.
 3. Roll it out batch by batch (:mod:`.rollout`), recording progress in the status.
 Conditions (Ready, Progressing, Degraded), Events and metrics say how it went.
 """
@@ -29,6 +27,7 @@ import torch
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages
 from eplb_operator.controller.conditions import ConditionStatus, now_rfc3339, set_condition
+from eplb_operator.controller.decide import Action, Cause, decide, gate
 from eplb_operator.controller.endpoints import PodEndpoint, endpoints
 from eplb_operator.controller.loads import (
     LoadWindow,
@@ -53,7 +52,6 @@ from eplb_operator.controller.rollout import (
     RolloutAbortedError,
     RolloutOptions,
     RolloutReport,
-    pending_layers,
     pod_states,
 )
 from eplb_operator.errors import InvalidInputError
@@ -64,6 +62,8 @@ from eplb_sidecar.contract.validation import placement_error
 
 RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
 TOKEN_FILE = os.environ.get("EPLB_SIDECAR_TOKEN_FILE", "")
+# After an abort, how long before the same target is tried again (a slow pod recovers).
+RETRY_AFTER_ABORT_SECONDS = min(30.0, RECHECK_SECONDS * 5)
 
 Emit = Callable[[str, str, str], None]  # (Normal|Warning, reason, message) → an Event
 Conditions = dict[str, tuple[ConditionStatus, str, str]]
@@ -172,51 +172,46 @@ class Reconciler:
         revisions = [
             parse_revision(r) for r in await kube.list_revisions(self.namespace, self.name)
         ]
-        by_name = {r.name: r for r in revisions}
-        current = by_name.get(status.get("currentRevision") or "")
-
-        target: Revision | None = by_name.get(status.get("targetRevision") or "")
-        cause = "continue"
-        if target is None and spec.pinned_revision is not None:
-            pinned = by_name.get(revision_name(self.name, spec.pinned_revision))
-            cause = "rollback"
-            if pinned is None:
-                kept = sorted(r.number for r in revisions)
-                return await self._degraded(
-                    "InvalidSpec",
-                    f"pinnedRevision {spec.pinned_revision} is not stored (kept: {kept})",
-                )
-            if current is not None and torch.equal(current.placement, pinned.placement):
-                target = current  # already rolled back: hold it (re-sync pods if needed)
-            else:
-                # Like a Deployment's rollback: the old placement as a new, newer revision
-                # (sidecars only move forward in revisions).
+        current = next((r for r in revisions if r.name == status.get("currentRevision")), None)
+        checked: set[Cause] = set()
+        while True:  # at most three rounds: offline and online may find nothing new
+            decision = decide(
+                spec, status, states, revisions, time.monotonic(), name=self.name,
+                next_online=self.memo.next_online, checked=frozenset(checked),
+            )  # fmt: skip
+            cause, target = decision.cause, decision.target
+            if cause == Cause.INVALID_PIN:
+                return await self._degraded("InvalidSpec", decision.message)
+            if cause == Cause.ROLLBACK:
+                pinned = decision.pinned
+                assert pinned is not None
                 target = await self._create_revision(
                     obj, revisions, pinned.placement, pinned.load, "rollback",
                     pinned.predicted_balancedness, 0, None,
                 )  # fmt: skip
-        if target is None and spec.offline is not None:
-            try:
-                target = await self._offline(obj, spec, revisions, current)
-            except (InvalidInputError, KeyError, kube.ApiException) as error:
-                return await self._degraded("InvalidSpec", f"offline mapping: {error}")
-            cause = "offline"
-        if target is None and spec.online is not None and spec.pinned_revision is None:
-            try:
-                target = await self._online(obj, spec, status, groups, served, current, revisions)
-            except MetricsUnavailableError as error:
-                METRICS.errors.labels(**self.labels, reason="MetricsUnavailable").inc()
-                return await self._degraded("MetricsUnavailable", str(error), keep_ready=True)
-            cause = "online"
-        if target is None and current is not None:
-            target, cause = current, "resync"
+            elif cause == Cause.OFFLINE:
+                try:
+                    target = await self._offline(obj, spec, revisions, current)
+                except (InvalidInputError, KeyError, kube.ApiException) as error:
+                    return await self._degraded("InvalidSpec", f"offline mapping: {error}")
+            elif cause in (Cause.REBALANCE_REQUESTED, Cause.ONLINE_DUE):
+                try:
+                    target = await self._online(obj, spec, status, groups, served, current,
+                                                revisions)  # fmt: skip
+                except MetricsUnavailableError as error:
+                    METRICS.errors.labels(**self.labels, reason="MetricsUnavailable").inc()
+                    return await self._degraded("MetricsUnavailable", str(error), keep_ready=True)
+            if target is not None or not cause.acts_first:
+                break
+            checked.add(cause)
         if target is None:
             await self._ready(
                 ("AsExpected", "pods serve their start-up placement"),
                 ("Idle", "nothing to roll out"),
             )
             return self._next_delay(spec)
-        if not pending_layers(states, target.placement):
+        action = gate(target, cause, states, time.monotonic(), self.memo.retry_after)
+        if action == Action.IN_SERVICE:
             # Every pod already serves it: nothing to move, no rollout to report.
             await self._ready(
                 ("AsExpected", f"every pod serves {target.name}"),
@@ -225,10 +220,11 @@ class Reconciler:
                 targetRevision=None,
             )
             return self._next_delay(spec)
-        if time.monotonic() < self.memo.retry_after and cause != "online":
+        if action == Action.BACK_OFF:
             return max(0.5, self.memo.retry_after - time.monotonic())
-        resumed_total = int(status.get("layersTotal") or 0) if cause == "continue" else 0
-        return await self._roll_out(obj, spec, groups, clients, target, cause, resumed_total)
+        resumed_total = int(status.get("layersTotal") or 0) if cause == Cause.CONTINUE else 0
+        return await self._roll_out(obj, spec, groups, clients, target, cause.shown,
+                                    resumed_total)  # fmt: skip
 
     # -- deciding --------------------------------------------------------------------------
     async def _offline(
@@ -275,9 +271,7 @@ class Reconciler:
         online = spec.online
         trigger = spec.rebalance.id if spec.rebalance else None
         triggered = trigger is not None and trigger != status.get("observedRebalanceId")
-        now = time.monotonic()
-        if now < self.memo.next_online and not triggered:
-            return None
+        now = time.monotonic()  # decide() found the rebalance due (or requested)
         window = await self._load_window(spec, groups, online.window_seconds)
         self.memo.next_online = now + online.interval_seconds  # only once the load was read
         observed = 1.0 / window.observed_imbalance(
@@ -400,7 +394,7 @@ class Reconciler:
                 "RolloutAborted",
                 messages.rollout_aborted(target.name, error.reason, error.message),
             )
-            self.memo.retry_after = time.monotonic() + min(30.0, RECHECK_SECONDS * 5)
+            self.memo.retry_after = time.monotonic() + RETRY_AFTER_ABORT_SECONDS
             await self._write(
                 {"Degraded": ("True", error.reason, error.message),
                  "Progressing": ("False", "RolloutAborted", f"{target.name} aborted"),

@@ -29,7 +29,11 @@ from eplb_operator.controller import kube, messages, restart_kube
 from eplb_operator.controller.conditions import now_rfc3339
 from eplb_operator.controller.loads import MetricsUnavailableError, ScrapeSource
 from eplb_operator.controller.metrics import METRICS
-from eplb_operator.controller.reconcile import RECHECK_SECONDS, Reconciler
+from eplb_operator.controller.reconcile import (
+    RECHECK_SECONDS,
+    RETRY_AFTER_ABORT_SECONDS,
+    Reconciler,
+)
 from eplb_operator.controller.restart_decide import GroupView, Step, next_restart, overdue
 from eplb_operator.controller.restart_files import (
     FILE_KEYS,
@@ -148,6 +152,10 @@ class RestartPass:
         current = by_name.get(status.get("currentRevision") or "")
         if status.get("targetRevision") in by_name:
             return self._stored(by_name[status["targetRevision"]], "continue")
+        if time.monotonic() < self.r.memo.retry_after:
+            # Just aborted: the groups go back to the last stable revision (as Argo Rollouts'
+            # abort does), and the aborted target waits, rather than failing again at once.
+            return self._settled(current, groups)
         if spec.pinned_revision is not None:
             pinned = by_name.get(revision_name(self.name, spec.pinned_revision))
             if pinned is None:
@@ -312,9 +320,10 @@ class RestartPass:
                 entry["restartedAt"], entry["restarting"] = now_rfc3339(), target.name
 
     async def _abort(self, target: Target, group: str, group_status: list[dict[str, Any]]) -> float:
-        """The group is not back within the deadline: give up the target.  The next pass
-        finds groups stamped otherwise than the current revision and restarts them onto it,
-        the one that is down first."""
+        """The group is not back within the deadline: give up the target.  Until
+        ``RETRY_AFTER_ABORT_SECONDS`` have passed, passes bring groups stamped otherwise than
+        the current revision back onto it, the one that is down first; then the target (an
+        offline mapping, a pinned revision) is tried again."""
         message = (f"group {group} not ready {self.spec.rollout.progress_deadline_seconds} s "
                    "after its restart")  # fmt: skip
         METRICS.in_progress.labels(**self.r.labels).set(0)
@@ -323,6 +332,7 @@ class RestartPass:
         self.r.emit("Warning", "RolloutAborted",
                     messages.rollout_aborted(target.name, "GroupNotReady", message))  # fmt: skip
         self.r.memo.next_online = time.monotonic() + self._interval()
+        self.r.memo.retry_after = time.monotonic() + RETRY_AFTER_ABORT_SECONDS
         await self.r._write(
             {"Degraded": ("True", "GroupNotReady", message),
              "Progressing": ("False", "RolloutAborted", f"{target.name} aborted"),
