@@ -27,8 +27,8 @@ def main() -> None:
 
     marks["import torch"] = time.perf_counter() - started
     started = time.perf_counter()
+    from eplb_core.formats.stats import read_stats
     from eplb_operator.cli import main as _cli  # noqa: F401
-    from eplb_operator.formats.stats import read_stats
     from eplb_operator.placement import Topology, plan
     from eplb_operator.placement.rebalance import warm_up
 

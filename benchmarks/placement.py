@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import peers, report
 from benchmarks.peers import VLLM_VERSION, vllm_policy
 from benchmarks.report import table
-from eplb_operator.formats.stats import read_stats
+from eplb_core.formats.stats import read_stats
 from eplb_operator.placement import PlanOptions, Topology, plan, rebalance, views
 from eplb_operator.workloads import drift, drifting_windows, zipf_load
 

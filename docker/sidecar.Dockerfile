@@ -7,6 +7,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY core/ core/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
 # PyPI's torch wheels carry the CUDA runtime and NCCL; the node supplies the driver.

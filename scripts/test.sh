@@ -5,9 +5,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"
-ruff check operator sidecar local tests benchmarks
-ruff format --check operator sidecar local tests benchmarks
+ruff check core operator sidecar local tests benchmarks
+ruff format --check core operator sidecar local tests benchmarks
 echo "== mypy"
 mypy
+echo "== import contracts (.importlinter)"
+lint-imports
 echo "== pytest"
 python -m pytest "$@"

@@ -245,7 +245,7 @@ def _serve_source(
     ports_file: Path | None,
 ) -> None:
     """``serve --source vllm-stats|sglang|trtllm``: checked options, then the exporter."""
-    from eplb_operator.errors import InvalidInputError
+    from eplb_core.errors import InvalidInputError
     from eplb_sidecar.runtime import run_source_sidecar
     from eplb_sidecar.sources import SOURCES
     from eplb_sidecar.sources.counters import ExpertCounters

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from eplb_core.placements import placement_error
 from eplb_sidecar.api import (
     AbortRequest,
     CommitRequest,
@@ -28,7 +29,6 @@ from eplb_sidecar.api import (
 )
 from eplb_sidecar.checkpoint import CheckpointError, CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.contract.validation import placement_error
 from eplb_sidecar.moves import (
     CHECKPOINT,
     Fetch,

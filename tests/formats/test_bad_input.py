@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.stats import read_stats
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.stats import read_stats
 from tests.formats.conftest import assert_rejected, run_plan
 from tests.formats.engines import (
     SHAPES,

@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
+from eplb_core.formats.layers import LayerRequest
+from eplb_core.formats.stats import ReadOptions, read_stats
 from eplb_operator.api.v1alpha1 import ExpertPlacement
 from eplb_operator.api.validation import openapi_schema, validate
-from eplb_operator.formats.layers import LayerRequest
 from eplb_operator.formats.mappings import read_placement
-from eplb_operator.formats.stats import ReadOptions, read_stats
 from eplb_operator.placement.views import imbalance
 from tests.conftest import REPO
 from tests.formats.conftest import plan_summary, run_plan

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_core.placements import start_up_placement
 from eplb_local.kube.audit import Access, accesses, denied
 from eplb_local.standin.world import StandinWorld
 from eplb_local.world import LocalKube
 from eplb_operator.placement.views import balancedness
-from eplb_sidecar.contract.validation import start_up_placement
 
 from .conftest import (
     EXPERTS,

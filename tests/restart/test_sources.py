@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eplb_core.placements import start_up_placement
 from eplb_local.standin.model import StandinModel
 from eplb_local.standin.routing import StepLoad, TokenRouter
 from eplb_local.standin.vllm import StatsWriter
-from eplb_sidecar.contract.validation import start_up_placement
 from eplb_sidecar.sources.counters import ExpertCounters
 from eplb_sidecar.sources.tail import NEW_FILE, LineTail
 from eplb_sidecar.sources.vllm_stats import VllmStatsSource

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from eplb_core.placements import placement_error
 from eplb_sidecar.api import Info, Problem, Result
 from eplb_sidecar.checkpoint import CheckpointReader
-from eplb_sidecar.contract.validation import placement_error
 from eplb_sidecar.engine.config import EngineConfig
 
 from .conftest import assert_slots_hold_their_experts, snapshot

@@ -6,17 +6,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import fold_slots
-from eplb_operator.formats.layers import LayerRequest, resolve_layers
-from eplb_operator.formats.loadstats import MAX_WINDOWS, StepWindow, WindowAccumulator
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import fold_slots
+from eplb_core.formats.layers import LayerRequest, resolve_layers
+from eplb_core.formats.loadstats import MAX_WINDOWS, StepWindow, WindowAccumulator
+from eplb_core.formats.stats import ReadOptions, read_stats
 from eplb_operator.formats.mappings import (
     PlacementDocument,
     parse_placement,
     read_placement,
     render,
 )
-from eplb_operator.formats.stats import ReadOptions, read_stats
 from eplb_operator.placement import Topology, rebalance
 from eplb_operator.workloads import drifting_windows
 
@@ -269,8 +269,8 @@ def test_expertplacement_output_is_a_configmap_and_a_cr(tmp_path: Path) -> None:
 
 
 def test_previous_passes_unused_slots_on_unchanged() -> None:
+    from eplb_core.formats.loadstats import LoadStats
     from eplb_operator.cli.plan import _previous_rows
-    from eplb_operator.formats.loadstats import LoadStats
 
     rows = [[0, 1, 2, 3, -1, -1], [3, 2, 1, 0, 0, -1]]
     doc = parse_placement(json.dumps({"physical_to_logical_map": rows}), "previous.json")

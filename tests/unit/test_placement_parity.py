@@ -5,7 +5,7 @@ with the same guarantees."""
 import pytest
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement import LayerReason, PlanOptions, Topology, plan, rebalance, views
 
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement import Topology, rebalance, views
 from eplb_operator.workloads import zipf_load
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from eplb_core.errors import InvalidInputError
 from eplb_local.demo.options import DemoOptions
 from eplb_local.demo.watch import Counters
 from eplb_operator.controller import messages
-from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement.views import rank_imbalance
 from eplb_operator.report.prometheus_source import rollouts_from_objects, samples_from_matrix
 from eplb_operator.report.recording import LoadSample, Recording, RolloutRecord

@@ -1,6 +1,6 @@
 import pytest
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement import Topology
 
 

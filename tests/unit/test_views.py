@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement import Topology, views
 
 

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
+from eplb_core.errors import InvalidInputError
 from eplb_local.demo.options import DemoOptions, Engine, Fault, Model, PrometheusMode
-from eplb_operator.errors import InvalidInputError
 
 
 def demo_command(

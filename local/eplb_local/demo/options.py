@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_sidecar.engine.config import EngineConfig, Workload
 
 NAMESPACE = "eplb-demo"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from eplb_core.errors import InvalidInputError
 from eplb_local.demo.options import APP, NAMESPACE, DemoOptions, Fault
 from eplb_local.demo.options import PrometheusMode as Mode
 from eplb_local.kube.api import Api
 from eplb_local.world import LocalKube, ServingPod, World
-from eplb_operator.errors import InvalidInputError
 from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.verify import group_errors

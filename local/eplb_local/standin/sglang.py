@@ -2,7 +2,7 @@
 
 Start-up: ``--init-expert-location`` is ``trivial`` (slot p holds expert p mod E, in every
 layer) or a JSON file ``{"physical_to_logical_map": [H][P]}`` with a row per hidden layer
-(read with ``eplb_operator.formats.sglang``); a map that does not fit stops it, as SGLang
+(read with ``eplb_core.formats.sglang``); a map that does not fit stops it, as SGLang
 stops on it.  (SGLang also takes ``{"logical_count": …}`` and plans from it; this stand-in
 does not.)
 
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from aiohttp import web
 
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.sglang import MAP_KEY, parse_map
+from eplb_core.placements import placement_error, start_up_placement
 from eplb_local.standin.model import StandinModel, add_model_flags, model_from
 from eplb_local.standin.routing import StepLoad, TokenRouter
 from eplb_local.standin.serving import fail, health, serve
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.sglang import MAP_KEY, parse_map
-from eplb_sidecar.contract.validation import placement_error, start_up_placement
 
 NOT_SET = (
     "Please set ServerArgs.expert_distribution_recorder_mode to use ExpertDistributionRecorder."

@@ -3,7 +3,7 @@ under mpirun (``OMPI_COMM_WORLD_RANK``), else every rank of ``--ep_size`` in thi
 
 Start-up: ``--extra_llm_api_options`` YAML; its ``moe_config.load_balancer`` (a file name,
 or the mapping inline) is the ``MoeLoadBalancerConfig`` (``num_slots``,
-``initial_global_assignments: {layer id: [P]}``, read with ``eplb_operator.formats.trtllm``);
+``initial_global_assignments: {layer id: [P]}``, read with ``eplb_core.formats.trtllm``);
 assignments that do not fit the model stop it.  Without a balancer every expert has one
 slot (slot e holds expert e).
 
@@ -29,12 +29,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.formats.trtllm import parse_balancer
+from eplb_core.placements import placement_error
 from eplb_local.standin.model import StandinModel, add_model_flags, model_from
 from eplb_local.standin.routing import StepLoad, TokenRouter
 from eplb_local.standin.serving import fail, serve
-from eplb_operator.formats.document import PlacementDocument
-from eplb_operator.formats.trtllm import parse_balancer
-from eplb_sidecar.contract.validation import placement_error
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """A stand-in for vLLM serving with expert parallelism and EPLB (one EP rank a pod).
 
 Start-up (``--eplb-config``'s ``read_stats_path``, vLLM PR #41141): the JSONL of load
-statistics is read (``eplb_operator.formats``: meta line, then records folded with their
+statistics is read (``eplb_core.formats``: meta line, then records folded with their
 ``p2l_map``), its meta checked against this deployment (EP size, MoE layers, redundant
 experts), and the placement planned from its load — where vLLM runs its EPLB policy, this
 stand-in runs the project's placement engine.  Without it: slot p holds expert p mod E.
@@ -21,13 +21,13 @@ from typing import IO, Any
 
 import numpy as np
 
+from eplb_core.formats import vllm as vllm_format
+from eplb_core.formats.stats import read_stats
+from eplb_core.placements import start_up_placement
 from eplb_local.standin.model import StandinModel, add_model_flags, model_from
 from eplb_local.standin.routing import StepLoad, TokenRouter
 from eplb_local.standin.serving import fail, serve
-from eplb_operator.formats import vllm as vllm_format
-from eplb_operator.formats.stats import read_stats
 from eplb_operator.placement import Topology, rebalance
-from eplb_sidecar.contract.validation import start_up_placement
 
 EPLB_KEYS = {
     "window_size", "step_interval", "num_redundant_experts", "log_balancedness",

@@ -13,13 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 
 if TYPE_CHECKING:  # torch, numba and scipy load only when a plan is computed
     import torch
 
+    from eplb_core.formats.stats import LoadStats
     from eplb_operator.formats.mappings import PlacementDocument
-    from eplb_operator.formats.stats import LoadStats
     from eplb_operator.placement import Plan, Topology
 
 
@@ -198,10 +198,10 @@ def plan_command(
 def _plan(request: PlanRequest) -> tuple[Plan, PlacementDocument]:
     import torch
 
+    from eplb_core.formats.layers import LayerRequest
+    from eplb_core.formats.stats import ReadOptions, StepWindow, read_stats
     from eplb_operator.formats.expertplacement import check_api_limits
-    from eplb_operator.formats.layers import LayerRequest
     from eplb_operator.formats.mappings import PlacementDocument, read_placement
-    from eplb_operator.formats.stats import ReadOptions, StepWindow, read_stats
     from eplb_operator.placement import PlanOptions, Topology, plan
 
     if (request.redundant is None) == (request.slots_per_rank is None):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 
 
 def report_command(

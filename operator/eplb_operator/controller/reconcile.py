@@ -24,6 +24,8 @@ from typing import Any
 import pydantic
 import torch
 
+from eplb_core.errors import InvalidInputError
+from eplb_core.placements import placement_error
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages
 from eplb_operator.controller.conditions import ConditionStatus, now_rfc3339, set_condition
@@ -54,11 +56,9 @@ from eplb_operator.controller.rollout import (
     RolloutReport,
     pod_states,
 )
-from eplb_operator.errors import InvalidInputError
 from eplb_operator.formats.mappings import parse_placement
 from eplb_operator.placement import PlanOptions, plan
 from eplb_sidecar.client import SidecarClient, SidecarError
-from eplb_sidecar.contract.validation import placement_error
 
 RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
 TOKEN_FILE = os.environ.get("EPLB_SIDECAR_TOKEN_FILE", "")

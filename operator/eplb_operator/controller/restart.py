@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from eplb_core.errors import InvalidInputError
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages, restart_kube
 from eplb_operator.controller.conditions import now_rfc3339
@@ -50,7 +51,6 @@ from eplb_operator.controller.restart_pods import (
     workload_problem,
 )
 from eplb_operator.controller.revisions import Revision, parse_revision, revision_name
-from eplb_operator.errors import InvalidInputError
 from eplb_operator.placement import PlanOptions, plan, views
 
 POLL_SECONDS = 1.0  # while a group restarts: how soon to look again

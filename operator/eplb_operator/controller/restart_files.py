@@ -3,7 +3,7 @@
 One ConfigMap per revision, ``<placement>-placement-<n>``, so a pod keeps reading the file
 it started with while others restart, and a rollback is a restart onto an older file.
 Revision 0 is the engines' start-up placement (slot p holds expert p mod E), there before
-the first rebalance so that pods can start.  Rendering is pure (``eplb_operator.formats``
+the first rebalance so that pods can start.  Rendering is pure (``eplb_core.formats``
 writes each engine's format); the I/O is in :mod:`.restart_kube`.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.placements import start_up_placement
 from eplb_operator.api.v1alpha1 import API_VERSION, KIND, ExpertPlacementSpec
 from eplb_operator.controller.kube import REVISION_LABEL
-from eplb_operator.formats.document import PlacementDocument
 from eplb_operator.formats.mappings import render
-from eplb_sidecar.contract.validation import start_up_placement
 
 # The key of each engine's file: the name it has where the pod mounts the ConfigMap.
 FILE_KEYS = {

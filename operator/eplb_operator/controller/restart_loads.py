@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from eplb_core.formats.layers import span
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller.endpoints import endpoints
 from eplb_operator.controller.loads import (
@@ -21,7 +22,6 @@ from eplb_operator.controller.loads import (
     ScrapeSource,
     window_from_samples,
 )
-from eplb_operator.formats.layers import span
 
 
 def engine_window(

@@ -17,10 +17,10 @@ import pydantic
 import torch
 import yaml
 
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import id_array, is_integer, layer_id_list
+from eplb_core.formats.document import PlacementDocument
 from eplb_operator.api import v1alpha1
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import id_array, is_integer, layer_id_list
-from eplb_operator.formats.document import PlacementDocument
 
 MAPPING_KEY = "placement.json"
 MAPPING_SCHEMA = "eplb.io/placement-v1"

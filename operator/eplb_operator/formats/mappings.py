@@ -20,10 +20,11 @@ from typing import Any, Literal
 
 import yaml
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats import expertplacement, sglang, trtllm, vllm
-from eplb_operator.formats.counts import one_line
-from eplb_operator.formats.document import PlacementDocument
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats import sglang, trtllm, vllm
+from eplb_core.formats.counts import one_line
+from eplb_core.formats.document import PlacementDocument
+from eplb_operator.formats import expertplacement
 from eplb_operator.formats.expertplacement import MAPPING_KEY, MAPPING_SCHEMA
 from eplb_operator.placement.topology import Topology
 

@@ -21,7 +21,7 @@ from enum import Enum
 import numpy as np
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement import views
 from eplb_operator.placement.alignment import align_to_previous
 from eplb_operator.placement.gate import load_similarity

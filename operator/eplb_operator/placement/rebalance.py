@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement.compiled import place_layers
 from eplb_operator.placement.count_search import exhaustive_options
 from eplb_operator.placement.packing import members, pack

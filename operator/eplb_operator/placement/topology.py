@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
+from eplb_core.placements import placement_error, start_up_placement
 from eplb_operator.placement.replication import replicate
 from eplb_operator.placement.topology import Topology
-from eplb_sidecar.contract.validation import placement_error, start_up_placement
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -17,10 +17,10 @@ from typing import Any
 from kubernetes_asyncio import client
 from prometheus_api_client import PrometheusConnect
 
+from eplb_core.errors import InvalidInputError
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages
 from eplb_operator.controller.loads import pod_regex
-from eplb_operator.errors import InvalidInputError
 from eplb_operator.report.recording import LoadSample, Recording, RolloutRecord
 from eplb_sidecar import metric_names
 

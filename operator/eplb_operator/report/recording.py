@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 
 SCHEMA: Literal["eplb.io/recording-v1"] = "eplb.io/recording-v1"
 RECORDING_NAME = "recording.json"

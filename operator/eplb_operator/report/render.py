@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 from eplb_operator.placement.views import rank_imbalance
 from eplb_operator.report.heatmaps import plot_rank_loads
 from eplb_operator.report.recording import Recording

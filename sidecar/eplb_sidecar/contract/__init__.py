@@ -3,8 +3,8 @@
 See ``docs/engine-contract.md`` for the protocol an engine adapter implements.
 """
 
+from eplb_core.placements import placement_error
 from eplb_sidecar.contract.layout import TableLayout, WeightSpec
 from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.contract.validation import placement_error
 
 __all__ = ["ExpertTable", "TableLayout", "WeightSpec", "placement_error"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from eplb_core.placements import start_up_placement
 from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.contract.validation import start_up_placement
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.weights import expert_weights
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from eplb_core.placements import placement_error
 from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.contract.validation import placement_error
 from eplb_sidecar.engine.weights import expert_weights
 
 

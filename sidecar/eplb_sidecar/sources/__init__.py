@@ -11,7 +11,7 @@ being the engine's layer id (its index among all hidden layers):
 - ``trtllm`` (:mod:`.trtllm`): TensorRT-LLM's ``EXPERT_STATISTIC_PATH`` dumps;
 - ``table``: the engine contract's expert table (the hot-swap sidecar, not here).
 
-The files are parsed by the engine format readers of ``eplb_operator.formats`` (one parser
+The files are parsed by the engine format readers of ``eplb_core.formats`` (one parser
 per format in the project; both packages ship in the sidecar image).
 """
 

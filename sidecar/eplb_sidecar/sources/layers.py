@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import check_layer_ids
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import check_layer_ids
 
 
 def parse_layer_ids(text: str) -> list[int]:

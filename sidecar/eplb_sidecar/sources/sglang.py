@@ -6,7 +6,7 @@ SGLang started with ``--expert-distribution-recorder-mode stat`` records, once
 ``expert_distribution_recorder_<time>.pt`` into ``SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR``
 (``{"rank", "logical_count": [T, H, E], ...}``: the steps of its circular buffer, one row per
 hidden layer, all-reduced over the EP group) and resets the buffer.  Every poll dumps, adds
-each dump file's counts to the counters (``eplb_operator.formats.sglang`` reads them) and
+each dump file's counts to the counters (``eplb_core.formats.sglang`` reads them) and
 deletes it; ``--layer-ids`` picks the MoE rows.
 
 Recording is started when the sidecar first reaches the engine and again whenever the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.sglang import read_sglang
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.sglang import read_sglang
 from eplb_sidecar.sources.counters import ExpertCounters
 
 log = logging.getLogger("eplb_sidecar.sources")

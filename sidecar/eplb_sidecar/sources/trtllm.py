@@ -5,7 +5,7 @@ experts (or, with its MoE load balancer on, the slots) its tokens selected, and 
 iteration B writes ``rank<r>.safetensors`` (``"<iteration>_<layer id>"`` → counts; rank 0
 also ``meta_info.json``) — once per engine process.  Every poll looks for rank files that
 are new or changed and have stayed so for a poll (the writer is done); each is read alone by
-``eplb_operator.formats.trtllm`` and its counts, summed over iterations, are added with the
+``eplb_core.formats.trtllm`` and its counts, summed over iterations, are added with the
 file's layer ids.  Per-slot counts fold back to experts with the balancer YAML the engine
 started from (``--placement-file``: the one mounted from the operator's ConfigMap).
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.document import PlacementDocument
-from eplb_operator.formats.loadstats import StepWindow
-from eplb_operator.formats.trtllm import parse_balancer, read_trtllm
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.formats.loadstats import StepWindow
+from eplb_core.formats.trtllm import parse_balancer, read_trtllm
 from eplb_sidecar.sources.counters import ExpertCounters
 
 log = logging.getLogger("eplb_sidecar.sources")

@@ -4,7 +4,7 @@ vLLM (PR #41141) writes an ``eplb_load_meta`` line when it opens the file, then 
 ``eplb_load_stats`` record per EPLB step: ``expert_load`` ``[L][P]`` tokens per physical slot
 of the whole EP group and the ``p2l_map`` ``[L][P]`` in force (its earlier revision had no
 meta line and ``num_ranks`` in every record).  Each record is checked and folded to logical
-experts by ``eplb_operator.formats.vllm``'s own record parser and ``fold_slots``; L counts
+experts by ``eplb_core.formats.vllm``'s own record parser and ``fold_slots``; L counts
 MoE layers only, so ``--layer-ids`` names them.
 
 A line that is not a usable record is logged and skipped; the file may be truncated,
@@ -20,9 +20,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats import vllm as vllm_format
-from eplb_operator.formats.counts import fold_slots
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats import vllm as vllm_format
+from eplb_core.formats.counts import fold_slots
 from eplb_sidecar.sources.counters import ExpertCounters
 from eplb_sidecar.sources.tail import NEW_FILE, LineTail
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eplb_core.placements import placement_error
 from eplb_sidecar.adapters.transformers.exchange import EngineGroup
 from eplb_sidecar.adapters.transformers.experts import (
     ExpertParallelExperts,
@@ -48,7 +49,6 @@ from eplb_sidecar.adapters.transformers.models import VOCAB, build_model, moe_bl
 from eplb_sidecar.adapters.transformers.options import ModelShape, TransformersOptions
 from eplb_sidecar.adapters.transformers.probe import LogitsProbe
 from eplb_sidecar.adapters.transformers.prompts import probe_prompt, workload_batch
-from eplb_sidecar.contract.validation import placement_error
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeRequest
 from eplb_sidecar.engine.routing import replica_table

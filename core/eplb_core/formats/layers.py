@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import check_layer_ids
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import check_layer_ids
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import count_array, id_array, one_line
-from eplb_operator.formats.document import PlacementDocument
-from eplb_operator.formats.loadstats import RawStats
-from eplb_sidecar.contract.validation import start_up_placement
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import count_array, id_array, one_line
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.formats.loadstats import RawStats
+from eplb_core.placements import start_up_placement
 
 MAP_KEY = "physical_to_logical_map"
 TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive, or its legacy pickle

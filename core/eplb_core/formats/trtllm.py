@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import (
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import (
     check_layer_ids,
     count_array,
     fold_slots,
@@ -34,8 +34,8 @@ from eplb_operator.formats.counts import (
     is_integer,
     one_line,
 )
-from eplb_operator.formats.document import PlacementDocument
-from eplb_operator.formats.loadstats import RawStats, StepWindow, WindowAccumulator
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.formats.loadstats import RawStats, StepWindow, WindowAccumulator
 
 _RANK_FILE = re.compile(r"^rank(\d+)\.safetensors$")
 _KEY = re.compile(r"^(\d+)_(\d+)$")

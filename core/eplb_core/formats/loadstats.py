@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 
 # Engines write a record per step; longer recordings are summed into consecutive groups so a
 # file of 100k steps never holds 100k [L, E] windows in memory (only the sum is planned on).

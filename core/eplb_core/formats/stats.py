@@ -21,18 +21,18 @@ from typing import Any, Literal
 
 import torch
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats import sglang, trtllm, vllm
-from eplb_operator.formats.counts import (
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats import sglang, trtllm, vllm
+from eplb_core.formats.counts import (
     MAX_COUNT,
     count_array,
     is_integer,
     layer_id_list,
     one_line,
 )
-from eplb_operator.formats.document import PlacementDocument
-from eplb_operator.formats.layers import LayerRequest, resolve_layers
-from eplb_operator.formats.loadstats import LoadStats, RawStats, StepWindow, select_windows
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.formats.layers import LayerRequest, resolve_layers
+from eplb_core.formats.loadstats import LoadStats, RawStats, StepWindow, select_windows
 
 __all__ = ["LoadStats", "ReadOptions", "StatsFormat", "StepWindow", "detect", "read_stats"]
 

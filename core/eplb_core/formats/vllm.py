@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.counts import count_array, fold_slots, id_array, is_integer, one_line
-from eplb_operator.formats.document import PlacementDocument
-from eplb_operator.formats.layers import LayerRequest
-from eplb_operator.formats.loadstats import RawStats, StepWindow, WindowAccumulator
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.counts import count_array, fold_slots, id_array, is_integer, one_line
+from eplb_core.formats.document import PlacementDocument
+from eplb_core.formats.layers import LayerRequest
+from eplb_core.formats.loadstats import RawStats, StepWindow, WindowAccumulator
 
 META = "eplb_load_meta"
 STATS = "eplb_load_stats"

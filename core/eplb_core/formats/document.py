@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from eplb_operator.errors import InvalidInputError
-from eplb_operator.formats.layers import span
+from eplb_core.errors import InvalidInputError
+from eplb_core.formats.layers import span
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import torch
 
-from eplb_operator.errors import InvalidInputError
+from eplb_core.errors import InvalidInputError
 
 MAX_COUNT = 2**53
 
