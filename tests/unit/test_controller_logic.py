@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec, LabelSelector
-from eplb_operator.controller.conditions import condition, set_condition
+from eplb_operator.controller.conditions import ConditionStatus, condition, set_condition
 from eplb_operator.controller.pods import check_pods
 
 SPEC = ExpertPlacementSpec.model_validate(
@@ -26,9 +26,9 @@ def pod(name: str, group: str | None, rank: str | None) -> dict[str, Any]:
 
 
 def test_transition_time_moves_only_when_status_changes() -> None:
-    first = set_condition(None, "Degraded", "True", "A", "m1", 1, now="t1")
-    same = set_condition(first, "Degraded", "True", "B", "m2", 2, now="t2")
-    flipped = set_condition(same, "Degraded", "False", "C", "m3", 3, now="t3")
+    first = set_condition(None, "Degraded", ConditionStatus.TRUE, "A", "m1", 1, now="t1")
+    same = set_condition(first, "Degraded", ConditionStatus.TRUE, "B", "m2", 2, now="t2")
+    flipped = set_condition(same, "Degraded", ConditionStatus.FALSE, "C", "m3", 3, now="t3")
     assert condition(same, "Degraded") == {
         "type": "Degraded",
         "status": "True",
@@ -38,7 +38,7 @@ def test_transition_time_moves_only_when_status_changes() -> None:
         "observedGeneration": 2,
     }
     assert condition(flipped, "Degraded")["lastTransitionTime"] == "t3"  # type: ignore[index]
-    both = set_condition(flipped, "Ready", "False", "R", "", 3, now="t4")
+    both = set_condition(flipped, "Ready", ConditionStatus.FALSE, "R", "", 3, now="t4")
     assert [c["type"] for c in both] == ["Degraded", "Ready"]
 
 

@@ -7,9 +7,16 @@ records the ``observedGeneration`` it was computed for.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Literal
+from enum import Enum
+from typing import Any
 
-ConditionStatus = Literal["True", "False", "Unknown"]
+
+class ConditionStatus(str, Enum):
+    """A condition's status, as Kubernetes spells it."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
 
 
 def now_rfc3339() -> str:
@@ -29,11 +36,11 @@ def set_condition(
     result = [dict(c) for c in conditions or []]
     existing = next((c for c in result if c.get("type") == kind), None)
     transition = now or now_rfc3339()
-    if existing is not None and existing.get("status") == status:
+    if existing is not None and existing.get("status") == status.value:
         transition = existing.get("lastTransitionTime", transition)
     updated = {
         "type": kind,
-        "status": status,
+        "status": status.value,
         "reason": reason,
         "message": message,
         "lastTransitionTime": transition,

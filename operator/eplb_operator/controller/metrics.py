@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from prometheus_client import CollectorRegistry, start_http_server
 
 from eplb_sidecar import metric_names as names
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class RolloutResult(str, Enum):
+    """How a rollout ended: the ``result`` label of the rollouts counter."""
+
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
 
 
 class OperatorMetrics:

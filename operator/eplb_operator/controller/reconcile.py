@@ -37,7 +37,7 @@ from eplb_operator.controller.loads import (
     PrometheusSource,
     ScrapeSource,
 )
-from eplb_operator.controller.metrics import METRICS
+from eplb_operator.controller.metrics import METRICS, RolloutResult
 from eplb_operator.controller.pods import check_pods
 from eplb_operator.controller.revisions import (
     Revision,
@@ -109,7 +109,8 @@ class Reconciler:
             return await RestartPass(self, obj, spec, status).run()
         if spec.rollout.paused:
             await self._write(
-                {"Progressing": ("False", "Paused", "spec.rollout.paused is set")}, phase="Paused"
+                {"Progressing": (ConditionStatus.FALSE, "Paused", "spec.rollout.paused is set")},
+                phase="Paused",
             )
             return RECHECK_SECONDS
 
@@ -377,7 +378,8 @@ class Reconciler:
         self._pause_requested = False
         progress = {} if resumed_total else {"layersCommitted": 0}  # a resumed one keeps its own
         await self._write(
-            {"Progressing": ("True", "RolloutInProgress", f"rolling out {target.name} ({cause})")},
+            {"Progressing": (ConditionStatus.TRUE, "RolloutInProgress",
+                             f"rolling out {target.name} ({cause})")},
             targetRevision=target.name, phase="Rolling", **progress,
         )  # fmt: skip
         METRICS.in_progress.labels(**self.labels).set(1)
@@ -387,7 +389,7 @@ class Reconciler:
             report = await rollout.run()
         except RolloutAbortedError as error:
             METRICS.in_progress.labels(**self.labels).set(0)
-            METRICS.rollouts.labels(**self.labels, result="aborted").inc()
+            METRICS.rollouts.labels(**self.labels, result=RolloutResult.ABORTED.value).inc()
             METRICS.errors.labels(**self.labels, reason=error.reason).inc()
             self.emit(
                 "Warning",
@@ -396,16 +398,16 @@ class Reconciler:
             )
             self.memo.retry_after = time.monotonic() + RETRY_AFTER_ABORT_SECONDS
             await self._write(
-                {"Degraded": ("True", error.reason, error.message),
-                 "Progressing": ("False", "RolloutAborted", f"{target.name} aborted"),
-                 "Ready": ("False", error.reason, error.message)},
+                {"Degraded": (ConditionStatus.TRUE, error.reason, error.message),
+                 "Progressing": (ConditionStatus.FALSE, "RolloutAborted", f"{target.name} aborted"),
+                 "Ready": (ConditionStatus.FALSE, error.reason, error.message)},
                 targetRevision=None, phase="Degraded",
             )  # fmt: skip
             return min(RECHECK_SECONDS, 5.0)
         METRICS.in_progress.labels(**self.labels).set(0)
         if report.paused:
             await self._write(
-                {"Progressing": ("False", "Paused", f"paused during {target.name}")},
+                {"Progressing": (ConditionStatus.FALSE, "Paused", f"paused during {target.name}")},
                 phase="Paused",
             )
             return RECHECK_SECONDS
@@ -420,7 +422,7 @@ class Reconciler:
         report: RolloutReport,
         seconds: float,
     ) -> float:
-        result = "rolled_back" if cause == "rollback" else "completed"
+        result = RolloutResult.ROLLED_BACK if cause == "rollback" else RolloutResult.COMPLETED
         fields: dict[str, Any] = {
             "currentRevision": target.name,
             "targetRevision": None,
@@ -429,7 +431,7 @@ class Reconciler:
             "phase": "Ready",
         }
         if report.layers_total:
-            METRICS.rollouts.labels(**self.labels, result=result).inc()
+            METRICS.rollouts.labels(**self.labels, result=result.value).inc()
             METRICS.moves.labels(**self.labels).inc(report.moves)
             METRICS.rollout_duration.labels(**self.labels).observe(seconds)
             reason = "RolledBack" if cause == "rollback" else "RolloutComplete"
@@ -506,9 +508,9 @@ class Reconciler:
         if self.memo.degraded != (reason, message):
             self.memo.degraded = (reason, message)
             self.emit("Warning", reason, message)
-        conditions: Conditions = {"Degraded": ("True", reason, message)}
+        conditions: Conditions = {"Degraded": (ConditionStatus.TRUE, reason, message)}
         if not keep_ready:
-            conditions["Ready"] = ("False", reason, message)
+            conditions["Ready"] = (ConditionStatus.FALSE, reason, message)
         METRICS.errors.labels(**self.labels, reason=reason).inc()
         await self._write(conditions, phase="Degraded")
         return RECHECK_SECONDS
@@ -520,9 +522,9 @@ class Reconciler:
         self.memo.degraded = None
         await self._write(
             {
-                "Ready": ("True", *ready),
-                "Progressing": ("False", *progressing),
-                "Degraded": ("False", "AsExpected", ""),
+                "Ready": (ConditionStatus.TRUE, *ready),
+                "Progressing": (ConditionStatus.FALSE, *progressing),
+                "Degraded": (ConditionStatus.FALSE, "AsExpected", ""),
             },
             **{"phase": "Ready", **fields},
         )

@@ -27,9 +27,9 @@ import torch
 from eplb_core.errors import InvalidInputError
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages, restart_kube
-from eplb_operator.controller.conditions import now_rfc3339
+from eplb_operator.controller.conditions import ConditionStatus, now_rfc3339
 from eplb_operator.controller.loads import MetricsUnavailableError, ScrapeSource
-from eplb_operator.controller.metrics import METRICS
+from eplb_operator.controller.metrics import METRICS, RolloutResult
 from eplb_operator.controller.reconcile import (
     RECHECK_SECONDS,
     RETRY_AFTER_ABORT_SECONDS,
@@ -94,7 +94,9 @@ class RestartPass:
             return await self.r.degraded("InvalidSpec", f"start-up file: {error}")
         if spec.rollout.paused:  # pods can still start (their file is there); nothing rolls
             message = "spec.rollout.paused is set"
-            await self.r._write({"Progressing": ("False", "Paused", message)}, phase="Paused")
+            await self.r._write(
+                {"Progressing": (ConditionStatus.FALSE, "Paused", message)}, phase="Paused"
+            )
             return RECHECK_SECONDS
         pods = await kube.list_pods(self.namespace, spec.selector.to_query())
         by_group, problems = pods_by_group(pods, spec)
@@ -296,7 +298,7 @@ class RestartPass:
             await self._restart(target, decision.group, group_status)
         # A resync is found again from the workloads on every pass: no target to remember.
         await self.r._write(
-            {"Progressing": ("True", "RolloutInProgress",
+            {"Progressing": (ConditionStatus.TRUE, "RolloutInProgress",
                              f"{target.name} ({target.cause}): {decision.reason}")},
             targetRevision=None if target.cause == "resync" else target.name,
             phase="Rolling", groups=group_status,
@@ -327,16 +329,16 @@ class RestartPass:
         message = (f"group {group} not ready {self.spec.rollout.progress_deadline_seconds} s "
                    "after its restart")  # fmt: skip
         METRICS.in_progress.labels(**self.r.labels).set(0)
-        METRICS.rollouts.labels(**self.r.labels, result="aborted").inc()
+        METRICS.rollouts.labels(**self.r.labels, result=RolloutResult.ABORTED.value).inc()
         METRICS.errors.labels(**self.r.labels, reason="GroupNotReady").inc()
         self.r.emit("Warning", "RolloutAborted",
                     messages.rollout_aborted(target.name, "GroupNotReady", message))  # fmt: skip
         self.r.memo.next_online = time.monotonic() + self._interval()
         self.r.memo.retry_after = time.monotonic() + RETRY_AFTER_ABORT_SECONDS
         await self.r._write(
-            {"Degraded": ("True", "GroupNotReady", message),
-             "Progressing": ("False", "RolloutAborted", f"{target.name} aborted"),
-             "Ready": ("False", "GroupNotReady", message)},
+            {"Degraded": (ConditionStatus.TRUE, "GroupNotReady", message),
+             "Progressing": (ConditionStatus.FALSE, "RolloutAborted", f"{target.name} aborted"),
+             "Ready": (ConditionStatus.FALSE, "GroupNotReady", message)},
             targetRevision=None, phase="Degraded", groups=group_status,
         )  # fmt: skip
         return POLL_SECONDS
@@ -347,13 +349,13 @@ class RestartPass:
             fields["currentRevision"] = target.name
         if target.cause != "resync":
             METRICS.in_progress.labels(**self.r.labels).set(0)
-            result = "rolled_back" if target.revision and target.revision.source == "rollback" \
-                else "completed"  # fmt: skip
-            METRICS.rollouts.labels(**self.r.labels, result=result).inc()
+            rolled_back = target.revision is not None and target.revision.source == "rollback"
+            result = RolloutResult.ROLLED_BACK if rolled_back else RolloutResult.COMPLETED
+            METRICS.rollouts.labels(**self.r.labels, result=result.value).inc()
             seconds = self._rollout_seconds(group_status)
             METRICS.rollout_duration.labels(**self.r.labels).observe(seconds)
             moves = target.revision.moves if target.revision else 0
-            reason = "RolledBack" if result == "rolled_back" else "RolloutComplete"
+            reason = "RolledBack" if rolled_back else "RolloutComplete"
             self.r.emit("Normal", reason, messages.rollout_complete(
                 target.name, self.spec.model.layers, moves, seconds))  # fmt: skip
             fields["lastRebalance"] = {
