@@ -28,6 +28,7 @@ from eplb_core.errors import InvalidInputError
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages, restart_kube
 from eplb_operator.controller.conditions import ConditionStatus, now_rfc3339
+from eplb_operator.controller.decide import Cause
 from eplb_operator.controller.loads import MetricsUnavailableError, ScrapeSource
 from eplb_operator.controller.metrics import METRICS, RolloutResult
 from eplb_operator.controller.reconcile import (
@@ -64,7 +65,7 @@ class Target:
     name: str
     placement: torch.Tensor  # [L, P]
     load: torch.Tensor | None  # [L, E] it was planned from
-    cause: str
+    cause: Cause
     revision: Revision | None = None  # the stored one (None for revision 0)
 
 
@@ -153,7 +154,7 @@ class RestartPass:
         by_name = {r.name: r for r in revisions}
         current = by_name.get(status.get("currentRevision") or "")
         if status.get("targetRevision") in by_name:
-            return self._stored(by_name[status["targetRevision"]], "continue")
+            return self._stored(by_name[status["targetRevision"]], Cause.CONTINUE)
         if time.monotonic() < self.r.memo.retry_after:
             # Just aborted: the groups go back to the last stable revision (as Argo Rollouts'
             # abort does), and the aborted target waits, rather than failing again at once.
@@ -172,31 +173,31 @@ class RestartPass:
                 self.obj, revisions, pinned.placement, pinned.load, "rollback",
                 pinned.predicted_balancedness, 0, None,
             )  # fmt: skip
-            return self._stored(rollback, "rollback")
+            return self._stored(rollback, Cause.ROLLBACK)
         if spec.offline is not None:
             try:
                 offline = await self.r._offline(self.obj, spec, revisions, current)
             except (InvalidInputError, KeyError, kube.ApiException) as error:
                 raise InvalidInputError(f"offline mapping: {error}") from None
             if offline is not None:
-                return self._stored(offline, "offline")
+                return self._stored(offline, Cause.OFFLINE)
         if spec.online is not None and all(group.ready for group in groups):
             # (while a group is down its load is missing; it is planned for when it is back)
             online = await self._online(pods, by_group, revisions, current)
             if online is not None:
-                return self._stored(online, "online")
+                return self._stored(online, Cause.ONLINE_DUE)
         return self._settled(current, groups)
 
-    def _stored(self, revision: Revision, cause: str) -> Target:
+    def _stored(self, revision: Revision, cause: Cause) -> Target:
         return Target(revision.number, revision.name, revision.placement, revision.load, cause,
                       revision)  # fmt: skip
 
     def _served(self, current: Revision | None) -> Target:
         """The current revision, or revision 0 (the start-up placement) before any."""
         if current is not None:
-            return self._stored(current, "resync")
+            return self._stored(current, Cause.RESYNC)
         placement, load = startup_revision(self.spec)
-        return Target(0, revision_name(self.name, 0), placement, load, "resync")
+        return Target(0, revision_name(self.name, 0), placement, load, Cause.RESYNC)
 
     def _settled(self, current: Revision | None, groups: list[GroupView]) -> Target | None:
         """The current revision again where some group's workload is stamped otherwise
@@ -288,19 +289,19 @@ class RestartPass:
             deadline = self.spec.rollout.progress_deadline_seconds
             if overdue(_unix(restarted) if restarted else None, time.time(), deadline):
                 return await self._abort(target, decision.group or "", group_status)
-        if target.cause != "resync" and self.status.get("targetRevision") != target.name:
+        if target.cause != Cause.RESYNC and self.status.get("targetRevision") != target.name:
             METRICS.in_progress.labels(**self.r.labels).set(1)
             METRICS.started.labels(**self.r.labels).set(time.time())
             self.r.emit("Normal", "RolloutStarted",
-                        messages.rollout_started(target.name, target.cause))  # fmt: skip
+                        messages.rollout_started(target.name, target.cause.shown))  # fmt: skip
         if decision.step == Step.RESTART:
             assert decision.group is not None
             await self._restart(target, decision.group, group_status)
         # A resync is found again from the workloads on every pass: no target to remember.
         await self.r._write(
             {"Progressing": (ConditionStatus.TRUE, "RolloutInProgress",
-                             f"{target.name} ({target.cause}): {decision.reason}")},
-            targetRevision=None if target.cause == "resync" else target.name,
+                             f"{target.name} ({target.cause.shown}): {decision.reason}")},
+            targetRevision=None if target.cause == Cause.RESYNC else target.name,
             phase="Rolling", groups=group_status,
         )  # fmt: skip
         return POLL_SECONDS
@@ -347,7 +348,7 @@ class RestartPass:
         fields: dict[str, Any] = {"groups": group_status, "targetRevision": None}
         if target.revision is not None:
             fields["currentRevision"] = target.name
-        if target.cause != "resync":
+        if target.cause != Cause.RESYNC:
             METRICS.in_progress.labels(**self.r.labels).set(0)
             rolled_back = target.revision is not None and target.revision.source == "rollback"
             result = RolloutResult.ROLLED_BACK if rolled_back else RolloutResult.COMPLETED
