@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller.restart_decide import (
     GroupView,
     PodView,
@@ -12,6 +13,9 @@ from eplb_operator.controller.restart_decide import (
     next_restart,
     overdue,
 )
+from eplb_operator.controller.restart_pods import pods_by_group
+
+from .conftest import restart_spec
 
 
 def group(name: str, stamped: int, *pods: str, size: int = 2) -> GroupView:
@@ -30,6 +34,9 @@ CASES = [
     ([group("a", 1, "0t", "1n"), group("b", 0, "0r", "0r")], 1, Step.WAIT, "a"),
     ([group("a", 1, "1r"), group("b", 0, "0r", "0r")], 1, Step.WAIT, "a"),  # one pod missing
     ([group("a", 1, "1r", "0r"), group("b", 0, "0r", "0r")], 1, Step.WAIT, "a"),  # mixed
+    # every pod of a gone (its StatefulSet deleted them, cannot make them yet): wait for a
+    ([group("a", 1), group("b", 0, "0r", "0r")], 1, Step.WAIT, "a"),
+    ([group("a", 0), group("b", 0, "0r", "0r")], 1, Step.RESTART, "a"),  # down: goes first
     # a is back: b next
     ([group("a", 1, "1r", "1r"), group("b", 0, "0r", "0r")], 1, Step.RESTART, "b"),
     # a pending group that is down anyway goes first: restarting it costs no capacity
@@ -84,3 +91,17 @@ def test_overdue() -> None:
     assert overdue(100.0, 221.0, 120)
     assert not overdue(100.0, 220.0, 120)
     assert not overdue(None, 1e9, 120)
+
+
+def test_a_known_group_without_pods_stays_a_group() -> None:
+    """A group whose pods are all gone is still seen (from status.groups), so the rules
+    above know it is down; a group that no pass knew and has no pods is none."""
+    spec = ExpertPlacementSpec.model_validate(restart_spec("sglang", "StatefulSet"))
+    pods = [{"metadata": {"name": f"moe-1-{i}", "labels": {"eplb.io/group": "1"}}}
+            for i in range(2)]  # fmt: skip
+    by_group, problems = pods_by_group(pods, spec, known=["0", "1"])
+    assert (sorted(by_group), len(by_group["0"]), len(by_group["1"]), problems) == (
+        ["0", "1"], 0, 2, [])  # fmt: skip
+    assert sorted(pods_by_group(pods, spec)[0]) == ["1"]
+    assert pods_by_group([], spec, known=["0"]) == ({"0": []}, [])
+    assert pods_by_group([], spec)[1] == ["no pods match the selector"]

@@ -100,7 +100,8 @@ class RestartPass:
             )
             return RECHECK_SECONDS
         pods = await kube.list_pods(self.namespace, spec.selector.to_query())
-        by_group, problems = pods_by_group(pods, spec)
+        known = [g["name"] for g in self.status.get("groups") or [] if g.get("name")]
+        by_group, problems = pods_by_group(pods, spec, known)
         if problems:
             return await self.r.degraded("PodsInconsistent", "; ".join(problems))
         if "{group}" not in self.ref.name and len(by_group) > 1:
@@ -113,6 +114,8 @@ class RestartPass:
         for group, members in sorted(by_group.items()):
             workload_name = self.ref.name_of(group)
             workload = await restart_kube.get_workload(self.namespace, self.ref.kind, workload_name)
+            if workload is None and not members:
+                continue  # a group of an earlier pass, removed since: pods and workload gone
             problem = (
                 f"{self.ref.kind} {workload_name} (group {group}) does not exist"
                 if workload is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
@@ -30,10 +31,14 @@ def pod_view(pod: dict[str, Any]) -> PodView:
 
 
 def pods_by_group(
-    pods: list[dict[str, Any]], spec: ExpertPlacementSpec
+    pods: list[dict[str, Any]], spec: ExpertPlacementSpec, known: Iterable[str] = ()
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """The selector's pods by EP group (its ``groupLabel``), and what is wrong with them."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    """The selector's pods by EP group (its ``groupLabel``), and what is wrong with them.
+
+    ``known``: the groups of an earlier pass (``status.groups``).  Each stays a group while
+    it has no pod at all (its workload deleted them to restart them, and cannot make them
+    again yet): else a group entirely down would go unseen, and another restarted."""
+    groups: dict[str, list[dict[str, Any]]] = {group: [] for group in known}
     problems = []
     label = spec.pods.group_label
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
@@ -42,7 +47,7 @@ def pods_by_group(
             problems.append(f"pod {pod['metadata']['name']} has no {label} label")
             continue
         groups.setdefault(group, []).append(pod)
-    if not pods:
+    if not groups:
         problems.append("no pods match the selector")
     return groups, problems
 
