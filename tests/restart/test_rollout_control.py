@@ -154,10 +154,9 @@ def test_a_group_that_does_not_come_back_aborts_and_groups_return_to_stable(
     # While group 0 was down the operator restarted no other group: group 1 has the same
     # pods.  (Its readiness is not sampled here: a probe missed on this loaded machine
     # during the minute group 0 is out would read as a lost group.)
-    for event in sorted(world.events(), key=lambda e: e.get("lastTimestamp") or ""):
-        print(event.get("lastTimestamp"), event["involvedObject"].get("name"),
-              event.get("reason"), event.get("message"))  # fmt: skip
-    assert {pod["metadata"]["uid"] for pod in world.group_pods()["1"]} == group_1
+    events = sorted((e.get("lastTimestamp") or "", e["involvedObject"].get("name"),
+                     e.get("reason"), e.get("message")) for e in world.events())  # fmt: skip
+    assert {pod["metadata"]["uid"] for pod in world.group_pods()["1"]} == group_1, events
     assert world.served_revisions()["1"] == {"1"}
     assert all(torch.equal(rows, mapping(1)[LAYER_IDS]) for rows in mounted_rows(world))
     assert world.status().get("currentRevision") == "moe-1"
