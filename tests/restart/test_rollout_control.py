@@ -142,9 +142,10 @@ def test_a_group_that_does_not_come_back_aborts_and_groups_return_to_stable(
     put_mapping(world, 2)
     world.wait(lambda: any(r == "RolloutAborted" for r, _ in event_reasons(world)), 180,
                "the abort")  # fmt: skip
-    degraded = world.condition("Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "GroupNotReady")
-    assert world.condition("Ready")["status"] == "False"
+    aborted = [m for r, m in event_reasons(world) if r == "RolloutAborted"]
+    assert "moe-2" in aborted[0] and "group 0 not ready 20 s after its restart" in aborted[0]
+    refused = [e.get("message", "") for e in world.events() if e.get("reason") == "FailedCreate"]
+    assert any("exceeded quota" in message for message in refused), refused
     assert world.status().get("currentRevision") == "moe-1"
     # Back to the stable revision for good: pin it (the aborted target would be tried again).
     patch_spec(world, pinnedRevision=1)
