@@ -138,7 +138,7 @@ def test_leaderworkerset_group_is_lws_group_and_index_is_worker() -> None:
 
 
 def test_ranks_per_pod_must_divide_ranks() -> None:
-    with pytest.raises(ValueError, match="ranksPerPod must divide topology.ranks"):
+    with pytest.raises(ValueError, match=r"ranksPerPod must divide topology\.ranks"):
         multi_spec("Label", ranks=6, per_pod=4)
     assert multi_spec("Label").pods.rank_label == "eplb.io/rank"  # unchanged default
 
