@@ -67,7 +67,8 @@ def demo_command(
         _fail(str(error))
     console = Console(stderr=json_output)
     per_pod = f" × {ranks_per_pod} ranks" if ranks_per_pod > 1 else ""
-    state = DemoState(title=f"{pods} pods{per_pod} · {layers} layers · {experts}+{redundant} experts"
+    state = DemoState(title=f"{pods} pods{per_pod} · {layers} layers · "
+                      f"{experts}+{redundant} experts"
                       + (f" · {model.value}" if model else "")
                       + (f" · fault {fault.value}" if fault else ""))  # fmt: skip
     view = DemoView(state, console)
