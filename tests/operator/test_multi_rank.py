@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from eplb_local.world import LocalKube, World
 from eplb_sidecar.engine.reference import identity_placement
 
-from .conftest import APP, CONFIG, assert_invariants, build_world, mapping_json, spec
+from .conftest import APP, CONFIG, assert_invariants, mapping_json, spec
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,12 @@ RANKS_PER_POD = 2
 def multi_rank_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     workdir = tmp_path_factory.mktemp("multi-rank")
-    yield from build_world(kube, workdir, namespace, with_prometheus=False,
-                           ranks_per_pod=RANKS_PER_POD)  # fmt: skip
+    world = World(kube, namespace, workdir, CONFIG, ranks_per_pod=RANKS_PER_POD)
+    try:
+        # Six processes per replica's two pods start on a shared machine: a generous wait.
+        yield world.start(timeout=600)
+    finally:
+        world.stop()
 
 
 def placement(ranks_per_pod: int) -> dict[str, object]:
