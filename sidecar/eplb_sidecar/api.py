@@ -23,6 +23,7 @@ MAX_LAYERS = 1024
 MAX_EXPERTS = 8192
 MAX_RANKS = 16384
 MAX_SLOTS_PER_RANK = 4096
+MAX_RANKS_PER_POD = 64  # PodsSpec.ranks_per_pod: local tables one sidecar serves
 MAX_REVISION = 2**63 - 1  # revisions are stored in an int64 tensor
 MAX_TIMEOUT_SECONDS = 3600.0
 

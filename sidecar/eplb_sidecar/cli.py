@@ -11,10 +11,8 @@ from typing import Annotated, NoReturn
 import typer
 
 from eplb_sidecar import __version__
+from eplb_sidecar.api import MAX_RANKS_PER_POD
 from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE
-
-# As the ExpertPlacement's spec.pods.ranksPerPod allows (eplb_operator.api.v1alpha1).
-MAX_RANKS_PER_POD = 64
 
 app = typer.Typer(
     name="eplb-sidecar",
