@@ -123,3 +123,28 @@ def test_statefulset_pods_of_two_ranks_are_rolled_out_on_every_rank(
                for name, start, end in zip(names, starts, ends, strict=True)}  # fmt: skip
     assert columns["PER-POD"] == str(RANKS_PER_POD), done.stdout
     assert columns["RANK-FROM"] == "StatefulSetOrdinal", done.stdout
+
+
+def test_skewed_load_on_pods_of_two_ranks_is_rebalanced_online(multi_rank_world: World) -> None:
+    """Online: the operator reads each pod's slots (both local ranks' counters) from the
+    sidecars, plans and rolls out; every rank serves the new revision."""
+    world = multi_rank_world
+    if world.kube.api_checked().get(world.xpl).body.get("items"):
+        world.reset(timeout=600)  # the test before left its placement
+    expected = world.probe()
+    body = spec(online={"intervalSeconds": 10, "windowSeconds": 10, "minGainPermille": 20})
+    body["spec"]["pods"].pop("rankLabel", None)
+    body["spec"]["pods"].update({"rankFrom": "StatefulSetOrdinal", "ranksPerPod": RANKS_PER_POD})
+    world.settle(10)  # a whole window of skewed load
+    world.kube.api_checked().checked("POST", world.xpl, body)
+    # The first plan in a fresh operator pod compiles the placement kernels (numba): minutes
+    # on a loaded machine.
+    world.wait(lambda: world.status().get("currentRevision") == f"{APP}-1", 900,
+               "the first rebalance")  # fmt: skip
+    status = world.status()
+    assert status["lastRebalance"]["moves"] > 0
+    assert world.condition("Ready")["status"] == "True"
+    revision = torch.tensor(world.revisions()[0]["data"]["placement"])
+    for table in world.tables():
+        assert torch.equal(table.routing, revision)
+    assert_invariants(world, expected)
