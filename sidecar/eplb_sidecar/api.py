@@ -23,6 +23,7 @@ MAX_LAYERS = 1024
 MAX_EXPERTS = 8192
 MAX_RANKS = 16384
 MAX_SLOTS_PER_RANK = 4096
+MAX_RANKS_PER_POD = 64  # PodsSpec.ranks_per_pod: local tables one sidecar serves
 MAX_REVISION = 2**63 - 1  # revisions are stored in an int64 tensor
 MAX_TIMEOUT_SECONDS = 3600.0
 
@@ -53,7 +54,10 @@ class TransferGroup(BaseModel):
     session: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/-]+$")
     store: str = Field(max_length=300, pattern=r"^[^:\s]+:\d{1,5}$")
     ranks: list[RankId] = Field(
-        min_length=1, max_length=MAX_RANKS, description="Participating ranks, ascending."
+        min_length=1,
+        max_length=MAX_RANKS,
+        description="Participating pods by index in their group (Info.rank), ascending; with "
+        "one rank per pod, EP ranks.",
     )
     secret: str | None = Field(
         default=None,
@@ -147,8 +151,12 @@ class StagedInfo(BaseModel):
 class Info(BaseModel):
     pod: str
     group: str
-    rank: int
-    ranks: int
+    rank: int = Field(
+        description="The pod's index in its group: it hosts EP ranks rank*ranks_per_pod … "
+        "(rank+1)*ranks_per_pod-1; TransferGroup.ranks are such indices."
+    )
+    ranks: int = Field(description="EP ranks of the group.")
+    ranks_per_pod: int = Field(default=1, description="EP ranks (local tables) of this pod.")
     layers: int
     experts: int
     slots_per_rank: int

@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from eplb_sidecar import __version__
+from eplb_sidecar.api import MAX_RANKS_PER_POD
 from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE
 
 app = typer.Typer(
@@ -109,6 +110,13 @@ def serve_command(
     ports_file: Annotated[
         Path | None, typer.Option(help="Write the bound ports here (JSON; for port 0).")
     ] = None,
+    ranks_per_pod: Annotated[
+        int,
+        typer.Option(
+            help="EP ranks (GPUs) of this pod: one expert table per local rank, in "
+            "TABLE_DIR/local-0 … local-(N-1) (TABLE_DIR itself for 1)."
+        ),
+    ] = 1,
 ) -> None:
     """Attach to the engine's expert table and serve the control API and /metrics; or, with
     another --source, export the engine's own load output on /metrics."""
@@ -122,6 +130,8 @@ def serve_command(
         raise typer.BadParameter("must be gloo or nccl", param_hint="--backend")
     if table_dir is None or token_file is None:
         _fail("serve", "--source table needs --table-dir and --token-file")
+    if not 1 <= ranks_per_pod <= MAX_RANKS_PER_POD:
+        _fail("serve", f"--ranks-per-pod must be in 1..{MAX_RANKS_PER_POD}")
     run_sidecar(
         SidecarOptions(
             table_dir=table_dir,
@@ -137,6 +147,7 @@ def serve_command(
             checkpoint_key=checkpoint_key,
             wait_seconds=wait_seconds,
             ports_file=ports_file,
+            ranks_per_pod=ranks_per_pod,
         )
     )
 
@@ -145,6 +156,20 @@ def serve_command(
 def engine_command(
     table_dir: TableDir,
     rank: Annotated[int, typer.Option(help="EP rank of this engine.")] = 0,
+    pod_index: Annotated[
+        int | None,
+        typer.Option(
+            help="Index of this engine's pod in its group (a StatefulSet ordinal): the EP rank "
+            "is then pod-index x ranks-per-pod + local-rank, instead of --rank."
+        ),
+    ] = None,
+    ranks_per_pod: Annotated[
+        int, typer.Option(help="EP ranks of the pod (one engine process each).")
+    ] = 1,
+    local_rank: Annotated[
+        int,
+        typer.Option(help="This engine's rank within its pod: its table is TABLE_DIR/local-N."),
+    ] = 0,
     ranks: Annotated[int, typer.Option(help="EP ranks in the group.")] = 4,
     group: Annotated[str, typer.Option(help="EP group (serving replica) name.")] = "0",
     layers: Annotated[int, typer.Option(help="MoE layers.")] = 4,
@@ -187,8 +212,18 @@ def engine_command(
     its expert table and serve token batches."""
     if implementation not in ("reference", "transformers"):
         _fail("engine", "--implementation must be reference or transformers")
+    from eplb_sidecar.contract.pod import local_table_dirs
     from eplb_sidecar.engine.config import EngineConfig, Workload
 
+    if not 1 <= ranks_per_pod <= MAX_RANKS_PER_POD or not 0 <= local_rank < ranks_per_pod:
+        _fail("engine", f"need 1 <= --ranks-per-pod <= {MAX_RANKS_PER_POD} and "
+                        "0 <= --local-rank < --ranks-per-pod")  # fmt: skip
+    if pod_index is not None:
+        rank = pod_index * ranks_per_pod + local_rank
+    if ranks % ranks_per_pod or not 0 <= rank < ranks:
+        _fail("engine", f"rank {rank} of {ranks} ranks, {ranks_per_pod} per pod: --ranks must "
+                        "be a multiple of --ranks-per-pod and the rank below --ranks")  # fmt: skip
+    table_dir = local_table_dirs(table_dir, ranks_per_pod)[local_rank]
     config = EngineConfig(
         group=group,
         rank=rank,

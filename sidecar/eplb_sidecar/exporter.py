@@ -3,7 +3,8 @@
 Token counters are read from the expert table at scrape time (no copy, no thread).  A
 slot's series is labelled with the logical expert it holds now; when a commit gives the
 slot another expert, the old series disappears and the new one starts from zero (the
-counter base recorded at commit), so cardinality stays layers × local slots.
+counter base recorded at commit), so cardinality stays layers × local slots.  A pod of
+several ranks exports the slots of every local table (their global slot numbers differ).
 """
 
 from __future__ import annotations
@@ -18,41 +19,45 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from eplb_sidecar import metric_names as names
+from eplb_sidecar.contract.pod import PodTables
 from eplb_sidecar.contract.table import ExpertTable
 
 SHUFFLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class TableCollector(Collector):
-    """Token counters, revision per layer and the group's balancedness over ``window`` s."""
+    """Token counters, revision per layer and the group's balancedness over ``window`` s,
+    of the pod's local tables (one per local rank)."""
 
-    def __init__(self, table: ExpertTable, window_seconds: float = 60.0) -> None:
-        self.table = table
+    def __init__(self, tables: list[ExpertTable], window_seconds: float = 60.0) -> None:
+        self.tables = tables
         self.window_seconds = window_seconds
         self._history: deque[tuple[float, torch.Tensor]] = deque()
 
     def collect(self) -> Iterator[Metric]:
-        layout = self.table.layout
-        first, S = layout.first_slot, layout.slots_per_rank
-        counts = (self.table.counters - self.table.counter_base).tolist()
-        experts = self.table.local_placement().tolist()
         tokens = CounterMetricFamily(
             names.EXPERT_TOKENS.name.removesuffix("_total"),
             names.EXPERT_TOKENS.help,
             labels=list(names.EXPERT_TOKENS.labels),
         )
-        for layer in range(layout.layers):
-            for slot in range(S):
-                tokens.add_metric(
-                    [str(layer), str(experts[layer][slot]), str(first + slot)],
-                    counts[layer][slot],
-                )
+        for table in self.tables:
+            layout = table.layout
+            first, S = layout.first_slot, layout.slots_per_rank
+            counts = (table.counters - table.counter_base).tolist()
+            experts = table.local_placement().tolist()
+            for layer in range(layout.layers):
+                for slot in range(S):
+                    tokens.add_metric(
+                        [str(layer), str(experts[layer][slot]), str(first + slot)],
+                        counts[layer][slot],
+                    )
         yield tokens
 
         revision = GaugeMetricFamily(
             names.LAYER_REVISION.name, names.LAYER_REVISION.help, labels=["layer"]
         )
-        for layer, value in enumerate(self.table.revisions.tolist()):
+        # Commits flip every local table together: the first one speaks for the pod.
+        for layer, value in enumerate(self.tables[0].revisions.tolist()):
             revision.add_metric([str(layer)], value)
         yield revision
 
@@ -70,8 +75,9 @@ class TableCollector(Collector):
 
         None when the engine does not report group loads or no tokens arrived in the window.
         """
-        load = self.table.group_load.clone()
-        if bool((load < 0).any()):
+        # Each local engine counts the group's tokens per rank as it saw them: summed.
+        load = torch.stack([table.group_load for table in self.tables]).sum(dim=0)
+        if any(bool((table.group_load < 0).any()) for table in self.tables):
             return None
         now = time.monotonic()
         self._history.append((now, load))
@@ -86,9 +92,10 @@ class TableCollector(Collector):
 class SidecarMetrics:
     """The sidecar's registry: table series plus shuffle counters and durations."""
 
-    def __init__(self, table: ExpertTable) -> None:
+    def __init__(self, table: ExpertTable | PodTables) -> None:
+        tables = table.tables if isinstance(table, PodTables) else [table]
         self.registry = CollectorRegistry()
-        self.registry.register(TableCollector(table))
+        self.registry.register(TableCollector(tables))
         self.shuffles = names.instrument(names.SHUFFLES, self.registry)
         self.duration = names.instrument(names.SHUFFLE_DURATION, self.registry, SHUFFLE_BUCKETS)
         self.bytes = names.instrument(names.SHUFFLE_BYTES, self.registry)

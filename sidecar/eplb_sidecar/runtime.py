@@ -15,7 +15,7 @@ import torch
 from aiohttp import web
 
 from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE, CheckpointReader
-from eplb_sidecar.contract.table import ExpertTable
+from eplb_sidecar.contract.pod import PodTables
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.engine.server import ServedEngine, engine_app
@@ -44,6 +44,9 @@ class SidecarOptions:
     checkpoint_key: str = DEFAULT_KEY_TEMPLATE
     wait_seconds: float = 300.0
     ports_file: Path | None = None
+    # EP ranks of the pod: one table per local rank under table_dir/local-k (see
+    # eplb_sidecar.contract.pod).
+    ranks_per_pod: int = 1
 
 
 async def _serve(
@@ -87,7 +90,8 @@ def run_sidecar(options: SidecarOptions) -> None:
         # TokenUnavailable until the Secret appears (it is re-read on every call).
         log.warning("token file %s does not exist (yet)", options.token_file)
     token = TokenFile(options.token_file)
-    table = ExpertTable.attach(options.table_dir, timeout=options.wait_seconds)
+    tables = PodTables.attach(options.table_dir, options.ranks_per_pod, options.wait_seconds)
+    table = tables.tables[0]
     device = torch.device(table.layout.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # NCCL and staging use the engine's GPU
@@ -101,8 +105,8 @@ def run_sidecar(options: SidecarOptions) -> None:
         if options.checkpoint
         else None
     )
-    executor = ShuffleExecutor(table, options.pod, peers, checkpoint)
-    metrics = SidecarMetrics(table)
+    executor = ShuffleExecutor(tables, options.pod, peers, checkpoint)
+    metrics = SidecarMetrics(tables)
     control = control_app(executor, metrics, token)
     apps = [
         ("control", control, options.bind, options.control_port),

@@ -28,6 +28,7 @@ from eplb_sidecar.api import (
     StagedInfo,
 )
 from eplb_sidecar.checkpoint import CheckpointError, CheckpointReader
+from eplb_sidecar.contract.pod import PodTables
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.moves import (
     CHECKPOINT,
@@ -75,22 +76,37 @@ class StagedLayer:
     undo: Copies = field(default_factory=list)
 
 
+def _gather(pieces: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``pieces`` (flat bytes) as one buffer on ``device``: concatenated where they lie when
+    they share a device (one copy to ``device``), else each moved first (slots of several
+    local GPUs)."""
+    if len({piece.device for piece in pieces}) == 1:
+        return torch.cat(pieces).to(device)
+    return torch.cat([piece.to(device) for piece in pieces])
+
+
 class ShuffleExecutor:
     """The per-pod state machine behind the control API.  Not thread-safe: callers serialize."""
 
     def __init__(
         self,
-        table: ExpertTable,
+        table: ExpertTable | PodTables,
         pod: str,
         peers: PeerGroups | None = None,
         checkpoint: CheckpointReader | None = None,
     ) -> None:
-        self.table = table
+        """``table``: the pod's local tables (one ExpertTable: a pod of one rank).
+
+        Everything below works on the pod as one member of its group (``self.tables.layout``:
+        ``rank`` is the pod's index, ``slots_per_rank`` its ``K*S`` slots), so moves between
+        its local ranks are local slot copies and only what crosses pods is transferred.
+        """
+        self.tables = table if isinstance(table, PodTables) else PodTables([table])
         self.pod = pod
         self.peers = peers
         self.checkpoint = checkpoint
         self.staged: dict[int, StagedLayer] = {}
-        layout = table.layout
+        layout = self.tables.layout
         nccl = peers is not None and peers.backend == "nccl"
         self._transfer_device = torch.device(layout.device if nccl else "cpu")
         self._specs = layout.weights
@@ -98,25 +114,31 @@ class ShuffleExecutor:
         self.last_stall_seconds = 0.0  # the engine was held this long by the last commit
         self.last_transfer_seconds = 0.0  # the last prepare's peer exchange took this long
 
+    @property
+    def table(self) -> ExpertTable:
+        """The first local rank's table (the only one on a pod of one rank)."""
+        return self.tables.tables[0]
+
     # -- info ----------------------------------------------------------------------------
     def info(self, with_placement: bool = False) -> Info:
-        layout = self.table.layout
+        layout = self.tables.rank_layout
         by_revision: dict[int, list[int]] = {}
         for layer, staged in sorted(self.staged.items()):
             by_revision.setdefault(staged.revision, []).append(layer)
         return Info(
             pod=self.pod,
             group=layout.group,
-            rank=layout.rank,
+            rank=self.tables.layout.rank,
             ranks=layout.ranks,
+            ranks_per_pod=self.tables.ranks_per_pod,
             layers=layout.layers,
             experts=layout.experts,
             slots_per_rank=layout.slots_per_rank,
             device=layout.device,
             expert_bytes=layout.expert_nbytes,
-            revisions=self.table.revisions.tolist(),
+            revisions=self.tables.revisions.tolist(),
             staged=[StagedInfo(revision=r, layers=ls) for r, ls in sorted(by_revision.items())],
-            placement=self.table.routing.tolist() if with_placement else None,
+            placement=self.tables.routing.tolist() if with_placement else None,
             checkpoint=self.checkpoint is not None,
         )
 
@@ -125,7 +147,7 @@ class ShuffleExecutor:
         started = time.monotonic()
         self.last_transfer_seconds = 0.0
         self._use_engine_device()
-        layout = self.table.layout
+        layout = self.tables.layout
         layer_ids = sorted(request.layers)
         self._check_layers(layer_ids)
         rows = [request.layers[layer] for layer in layer_ids]
@@ -135,7 +157,8 @@ class ShuffleExecutor:
                 400,
                 "InvalidPlacement",
                 f"layer {bad}: {len(request.layers[bad])} slots, the EP group has "
-                f"{layout.num_slots} ({layout.ranks} ranks x {layout.slots_per_rank})",
+                f"{layout.num_slots} ({self.tables.rank_layout.ranks} ranks x "
+                f"{self.tables.rank_layout.slots_per_rank})",
             )
         new = torch.tensor(rows, dtype=torch.int64)
         error = placement_error(new, layout.num_slots, layout.experts, layer_ids)
@@ -165,17 +188,19 @@ class ShuffleExecutor:
         )
 
     def _participants(self, request: PrepareRequest) -> list[int]:
-        rank, ranks = self.table.layout.rank, self.table.layout.ranks
+        rank, ranks = self.tables.layout.rank, self.tables.layout.ranks
         if request.transfer is None:
             return [rank]
         members = request.transfer.ranks
         if members != sorted(set(members)) or members[0] < 0 or members[-1] >= ranks:
             raise RefusedError(
-                400, "InvalidTransfer", f"transfer ranks must be ascending, unique, in [0, {ranks})"
+                400,
+                "InvalidTransfer",
+                f"transfer ranks (pod indices) must be ascending, unique, in [0, {ranks})",
             )
         if rank not in members:
             raise RefusedError(
-                400, "InvalidTransfer", f"this pod's rank {rank} is not in transfer.ranks"
+                400, "InvalidTransfer", f"this pod's index {rank} is not in transfer.ranks"
             )
         if self.peers is None and len(members) > 1:
             raise RefusedError(400, "InvalidTransfer", "this sidecar runs without a transfer port")
@@ -183,7 +208,7 @@ class ShuffleExecutor:
 
     def _prepare_outcome(self, layer: int, revision: int, row: torch.Tensor) -> LayerResult | None:
         """The answer for a layer that needs no work, None when it must be staged."""
-        current = int(self.table.revisions[layer])
+        current = int(self.tables.revisions[layer])
         staged = self.staged.get(layer)
         if staged is not None:
             if staged.revision == revision and torch.equal(staged.phy2log, row):
@@ -194,7 +219,7 @@ class ShuffleExecutor:
                 f"layer {layer} has revision {staged.revision} staged with a different "
                 f"placement; commit or abort it first",
             )
-        if revision == current and torch.equal(self.table.routing[layer], row):
+        if revision == current and torch.equal(self.tables.routing[layer], row):
             return LayerResult(layer=layer, outcome="already-committed")
         if revision <= current:
             raise RefusedError(
@@ -207,9 +232,9 @@ class ShuffleExecutor:
     def _stage(
         self, request: PrepareRequest, fresh: dict[int, torch.Tensor], participants: list[int]
     ) -> dict[int, StagedLayer]:
-        layout = self.table.layout
+        layout = self.tables.layout
         rank, S = layout.rank, layout.slots_per_rank
-        pairs = {layer: (self.table.routing[layer].clone(), row) for layer, row in fresh.items()}
+        pairs = {layer: (self.tables.routing[layer].clone(), row) for layer, row in fresh.items()}
         fetches = plan_fetches(pairs, S, participants)
         mine = [f for f in fetches if f.dst_rank == rank]
         need_checkpoint = any(f.src_rank == CHECKPOINT for f in mine)
@@ -221,7 +246,7 @@ class ShuffleExecutor:
             assert request.transfer is not None and self.peers is not None
             fingerprint = digest(
                 torch.tensor(sorted(fresh)),
-                self.table.revisions[sorted(fresh)],
+                self.tables.revisions[sorted(fresh)],
                 torch.stack([pairs[layer][0] for layer in sorted(fresh)]),
                 torch.stack([pairs[layer][1] for layer in sorted(fresh)]),
             )
@@ -300,10 +325,10 @@ class ShuffleExecutor:
         of the buffer it received into (no copy).  Many small messages cost far more on
         NCCL than the gather does.
         """
-        rank = self.table.layout.rank
+        rank = self.tables.layout.rank
         device = self._transfer_device
-        target = torch.device(self.table.layout.device)
-        expert_bytes = self.table.layout.expert_nbytes
+        target = torch.device(self.tables.layout.device)
+        expert_bytes = self.tables.layout.expert_nbytes
         sends: dict[int, list[Fetch]] = {}
         receives: dict[int, list[Fetch]] = {}
         for fetch in fetches:  # one global order: both ends list a pair's experts alike
@@ -314,15 +339,16 @@ class ShuffleExecutor:
         started = time.perf_counter()  # the gather copy counts as part of the transfer
         outgoing = {
             peer: [
-                torch.cat(
+                _gather(
                     [
-                        self.table.weights[spec.name][f.layer, f.src_slot]
+                        self.tables.weights[spec.name][f.layer, f.src_slot]
                         .reshape(-1)
                         .view(torch.uint8)
                         for f in sent
                         for spec in self._specs
-                    ]
-                ).to(device)
+                    ],
+                    device,
+                )
             ]
             for peer, sent in sends.items()
         }
@@ -348,7 +374,7 @@ class ShuffleExecutor:
                 staged[fetch.layer].fetched[fetch.expert] = weights
 
     def _layer_result(self, layer: int, staged: StagedLayer, mine: list[Fetch]) -> LayerResult:
-        expert_bytes = self.table.layout.expert_nbytes
+        expert_bytes = self.tables.layout.expert_nbytes
         local = sum(1 for w in staged.writes if not isinstance(w.source, FromFetched))
         from_peer = sum(1 for f in mine if f.layer == layer and f.src_rank != CHECKPOINT)
         from_checkpoint = sum(1 for f in mine if f.layer == layer and f.src_rank == CHECKPOINT)
@@ -362,7 +388,7 @@ class ShuffleExecutor:
         )
 
     def _slot_copy(self, layer: int, slot: int) -> Weights:
-        return {name: w[layer, slot].clone() for name, w in self.table.weights.items()}
+        return {name: w[layer, slot].clone() for name, w in self.tables.weights.items()}
 
     # -- commit --------------------------------------------------------------------------
     def commit(self, request: CommitRequest) -> Result:
@@ -376,7 +402,7 @@ class ShuffleExecutor:
             staged = self.staged.get(layer)
             if staged is not None and staged.revision == request.revision:
                 to_apply.append(layer)
-            elif staged is None and int(self.table.revisions[layer]) == request.revision:
+            elif staged is None and int(self.tables.revisions[layer]) == request.revision:
                 results[layer] = LayerResult(layer=layer, outcome="already-committed")
             else:
                 what = f"revision {staged.revision} is staged" if staged else "nothing is staged"
@@ -390,11 +416,11 @@ class ShuffleExecutor:
             # What a rollback restores besides the weights, read before the engine is held
             # (only commits change it, and they are serialized).
             before = [
-                (layer, self.table.counter_base[layer].clone(), int(self.table.revisions[layer]))
+                (layer, self.tables.counter_base(layer), int(self.tables.revisions[layer]))
                 for layer in to_apply
             ]
             try:
-                with self.table.commit_window(request.timeout_seconds):
+                with self.tables.commit_window(request.timeout_seconds):
                     held = time.perf_counter()
                     self._apply_all(before)
                     self.last_stall_seconds = time.perf_counter() - held
@@ -418,7 +444,7 @@ class ShuffleExecutor:
         """``writes`` as (slot view, source view) copies, in their order."""
         copies = []
         for write in writes:
-            for name, tensor in self.table.weights.items():
+            for name, tensor in self.tables.weights.items():
                 source = write.source
                 if isinstance(source, FromSlot):
                     value = tensor[layer, source.slot]
@@ -437,21 +463,21 @@ class ShuffleExecutor:
         is put back before the engine is released, and the call is refused: the pod keeps
         serving exactly what it served, its staging intact for a retry.
         """
-        cuda = self.table.layout.device.startswith("cuda")
+        cuda = self.tables.layout.device.startswith("cuda")
         touched: list[tuple[int, torch.Tensor, int]] = []
         try:
             for entry in layers:
                 touched.append(entry)
                 self._apply(entry[0], self.staged[entry[0]])
             if cuda:
-                torch.cuda.synchronize()
+                self._synchronize()
         except Exception as error:
             failure = f"{type(error).__name__}: {error}"
             try:
                 for layer, counter_base, revision in reversed(touched):
                     self._restore(layer, self.staged[layer], counter_base, revision)
                 if cuda:
-                    torch.cuda.synchronize()
+                    self._synchronize()
             except Exception as second:
                 raise RefusedError(
                     500,
@@ -471,9 +497,7 @@ class ShuffleExecutor:
         for target, source in staged.copies:
             target.copy_(source, non_blocking=True)
         changed = [write.slot for write in staged.writes]
-        self.table.counter_base[layer, changed] = self.table.counters[layer, changed]
-        self.table.routing[layer] = staged.phy2log
-        self.table.revisions[layer] = staged.revision
+        self.tables.flip(layer, staged.phy2log, staged.revision, changed)
 
     def _restore(
         self, layer: int, staged: StagedLayer, counter_base: torch.Tensor, revision: int
@@ -481,9 +505,7 @@ class ShuffleExecutor:
         """Undo :meth:`_apply` of ``layer``, wherever it stopped (engine held)."""
         for target, source in staged.undo:
             target.copy_(source, non_blocking=True)
-        self.table.counter_base[layer] = counter_base
-        self.table.routing[layer] = staged.previous
-        self.table.revisions[layer] = revision
+        self.tables.restore(layer, counter_base, staged.previous, revision)
 
     # -- abort ---------------------------------------------------------------------------
     def abort(self, request: AbortRequest) -> Result:
@@ -510,12 +532,17 @@ class ShuffleExecutor:
 
     def _use_engine_device(self) -> None:
         """Calls run in worker threads, whose current CUDA device is the default one."""
-        device = torch.device(self.table.layout.device)
+        device = torch.device(self.tables.layout.device)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
 
+    def _synchronize(self) -> None:
+        """Wait for the copies on every local GPU (copies between GPUs run on both)."""
+        for device in self.tables.devices:
+            torch.cuda.synchronize(device)
+
     def _check_layers(self, layers: list[int]) -> None:
-        num_layers = self.table.layout.layers
+        num_layers = self.tables.layout.layers
         bad = [layer for layer in layers if not 0 <= layer < num_layers]
         if bad:
             raise RefusedError(400, "InvalidLayer", f"layers {bad} are outside [0, {num_layers})")

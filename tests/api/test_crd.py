@@ -150,6 +150,7 @@ def test_defaults_are_filled_in() -> None:
             "must be at least model.experts",
         ),
         ({"online": None}, "set offline, online, or both"),
+        ({"pods__ranksPerPod": 6}, "pods.ranksPerPod must divide topology.ranks"),
     ],
 )
 def test_cross_field_rules_reject_with_their_message(changes: dict[str, Any], message: str) -> None:
@@ -170,6 +171,8 @@ def test_cross_field_rules_reject_with_their_message(changes: dict[str, Any], me
         ({"online": {"slackPermille": 1500}}, "spec.online.slackPermille"),
         ({"online": {"mode": "random"}}, "spec.online.mode"),
         ({"pods": {"controlPort": 70000}}, "spec.pods.controlPort"),
+        ({"pods": {"rankFrom": "PodName"}}, "spec.pods.rankFrom"),
+        ({"pods": {"ranksPerPod": 0}}, "spec.pods.ranksPerPod"),
     ],
 )
 def test_schema_rejects_bad_fields_naming_them(changes: dict[str, Any], field: str) -> None:

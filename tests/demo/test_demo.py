@@ -59,7 +59,9 @@ def test_demo_survives_the_operator_restarted_mid_rollout(tmp_path: Path) -> Non
 
 def test_bad_flags_are_one_line_and_start_nothing(tmp_path: Path) -> None:
     cases = [
-        (["--pods", "3"], "must be a multiple of --pods (3)"),
+        (["--pods", "3"], "must be a multiple of the ranks (3: --pods x --ranks-per-pod)"),
+        (["--ranks-per-pod", "3"], "must be a multiple of the ranks (12: --pods x"),
+        (["--ranks-per-pod", "0"], "--ranks-per-pod must be 1..8"),
         (["--duration", "5"], "--duration must be 10..600"),
         (["--fault", "prometheus-down", "--prometheus", "off"], "needs the real Prometheus"),
     ]

@@ -92,11 +92,17 @@ def assert_invariants(world: World, expected_probe: torch.Tensor) -> None:
 
 
 def build_world(
-    kube: LocalKube, workdir: Path, namespace: str, with_prometheus: bool, replicas: int = 1
+    kube: LocalKube,
+    workdir: Path,
+    namespace: str,
+    with_prometheus: bool,
+    replicas: int = 1,
+    ranks_per_pod: int = 1,
 ) -> Iterator[World]:
-    """``replicas`` serving replicas (EP groups "0", "1", …) of CONFIG.ranks pods each."""
+    """``replicas`` serving replicas (EP groups "0", "1", …) of CONFIG.ranks ranks each, in
+    pods of ``ranks_per_pod`` ranks."""
     world = World(kube, namespace, workdir, CONFIG, groups=replicas,
-                  with_prometheus=with_prometheus)  # fmt: skip
+                  with_prometheus=with_prometheus, ranks_per_pod=ranks_per_pod)  # fmt: skip
     try:
         yield world.start()
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import annotated_types
 from pydantic import BaseModel
 
-from eplb_operator.api.v1alpha1 import ModelShape, TopologySpec
+from eplb_operator.api.v1alpha1 import ModelShape, PodsSpec, TopologySpec
 from eplb_sidecar import api
 
 
@@ -22,4 +22,5 @@ def test_the_sidecar_bounds_are_the_crd_bounds() -> None:
     assert upper_bound(ModelShape, "experts") == api.MAX_EXPERTS
     assert upper_bound(TopologySpec, "ranks") == api.MAX_RANKS
     assert upper_bound(TopologySpec, "slots_per_rank") == api.MAX_SLOTS_PER_RANK
+    assert upper_bound(PodsSpec, "ranks_per_pod") == api.MAX_RANKS_PER_POD
     assert api.MAX_REVISION == 2**63 - 1  # revisions live in an int64 tensor

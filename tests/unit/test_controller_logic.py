@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec, LabelSelector
 from eplb_operator.controller.conditions import ConditionStatus, condition, set_condition
 from eplb_operator.controller.pods import check_pods
@@ -65,6 +67,80 @@ def test_every_inconsistency_is_named() -> None:
     assert "group a has 1 of 2 ranks (missing rank 1)" in problems
     assert "group b has 1 of 2 ranks (missing rank 0)" in problems
     assert check_pods([], SPEC).problems == ["no pods match the selector"]
+
+
+def multi_spec(rank_from: str, ranks: int = 8, per_pod: int = 4) -> ExpertPlacementSpec:
+    return ExpertPlacementSpec.model_validate(
+        {
+            "selector": {"matchLabels": {"app": "ds"}},
+            "pods": {"rankFrom": rank_from, "ranksPerPod": per_pod},
+            "model": {"layers": 2, "experts": 8},
+            "topology": {"ranks": ranks, "slotsPerRank": 2},
+            "online": {},
+        }
+    )
+
+
+def statefulset_pod(name: str, statefulset: str | None, ordinal: str | None) -> dict[str, Any]:
+    labels = {"apps.kubernetes.io/pod-index": ordinal} if ordinal is not None else {}
+    owners = (
+        [{"kind": "StatefulSet", "name": statefulset, "controller": True, "apiVersion": "apps/v1"}]
+        if statefulset is not None
+        else []
+    )
+    return {"metadata": {"name": name, "labels": labels, "ownerReferences": owners}}
+
+
+def lws_pod(name: str, lws: str, group: str, worker: str | None) -> dict[str, Any]:
+    labels = {
+        "leaderworkerset.sigs.k8s.io/name": lws,
+        "leaderworkerset.sigs.k8s.io/group-index": group,
+    }
+    if worker is not None:
+        labels["leaderworkerset.sigs.k8s.io/worker-index"] = worker
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def test_statefulset_ordinal_groups_by_statefulset_with_pods_of_several_ranks() -> None:
+    pods = [statefulset_pod(f"{s}-{i}", s, str(i)) for s in ("moe-a", "moe-b") for i in (1, 0)]
+    check = check_pods(pods, multi_spec("StatefulSetOrdinal"))
+    assert check.consistent, check.problems
+    assert check.groups == {"moe-a": {0: "moe-a-0", 1: "moe-a-1"},
+                            "moe-b": {0: "moe-b-0", 1: "moe-b-1"}}  # fmt: skip
+
+
+def test_statefulset_ordinal_problems() -> None:
+    pods = [
+        statefulset_pod("s-0", "s", "0"),
+        statefulset_pod("orphan", None, "1"),
+        statefulset_pod("s-2", "s", "2"),
+        statefulset_pod("noindex", "s", None),
+    ]
+    problems = check_pods(pods, multi_spec("StatefulSetOrdinal")).problems
+    assert "pod orphan is not controlled by a StatefulSet (rankFrom StatefulSetOrdinal)" in problems
+    assert "pod s-2 has pod index 2, outside 0..1 (2 pods of 4 ranks each)" in problems
+    assert "pod noindex has no integer apps.kubernetes.io/pod-index label" in problems
+    assert "group s has 1 of 2 pods (missing pod index 1)" in problems
+
+
+def test_leaderworkerset_group_is_lws_group_and_index_is_worker() -> None:
+    pods = [lws_pod(f"ds-{g}-{w}", "ds", str(g), str(w)) for g in (0, 1) for w in (0, 1)]
+    pods.append(lws_pod("other-0-0", "other", "0", "0"))
+    pods.append(lws_pod("other-0-1", "other", "0", "1"))
+    check = check_pods(pods, multi_spec("LeaderWorkerSet"))
+    assert check.consistent, check.problems
+    assert check.groups["ds-1"] == {0: "ds-1-0", 1: "ds-1-1"}
+    assert set(check.groups) == {"ds-0", "ds-1", "other-0"}
+    duplicate = [*pods, lws_pod("dup", "ds", "1", "1"), lws_pod("nowork", "ds", "0", None)]
+    problems = check_pods(duplicate, multi_spec("LeaderWorkerSet")).problems
+    assert "group ds-1: pods ds-1-1 and dup both claim pod index 1" in problems
+    assert "pod nowork has no integer leaderworkerset.sigs.k8s.io/worker-index label" in problems
+
+
+def test_ranks_per_pod_must_divide_ranks() -> None:
+    with pytest.raises(ValueError, match=r"ranksPerPod must divide topology\.ranks"):
+        multi_spec("Label", ranks=6, per_pod=4)
+    assert multi_spec("Label").pods.rank_label == "eplb.io/rank"  # unchanged default
 
 
 def test_selector_query_string() -> None:

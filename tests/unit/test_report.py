@@ -40,6 +40,17 @@ def test_samples_put_pods_at_their_ranks_and_skip_incomplete_times() -> None:
         samples_from_matrix([series("a-0", 5, [(1, 1)])], rank_of, layers=2, ranks=2, step=1)
 
 
+def test_a_pod_of_two_ranks_splits_its_series_by_slot() -> None:
+    """A pod hosting ranks 2 and 3 (2 slots each): its slot 5 is rank 2's, slot 6 rank 3's."""
+    rank_of = {"p-0": 0, "p-1": 2}
+    result = [
+        {"metric": {"pod": pod, "layer": "0", "slot": str(slot)}, "values": [[10, str(value)]]}
+        for pod, slot, value in (("p-0", 0, 1), ("p-0", 3, 2), ("p-1", 5, 3), ("p-1", 6, 4))
+    ]
+    samples = samples_from_matrix(result, rank_of, layers=1, ranks=4, step=10, slots_per_rank=2)
+    assert samples[0].rank_load == [[1.0, 2.0, 3.0, 4.0]]
+
+
 def event(reason: str, message: str, when: str) -> dict[str, object]:
     return {"reason": reason, "message": message, "eventTime": when}
 
@@ -136,7 +147,8 @@ def test_operator_counters_survive_a_restart() -> None:
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"pods": 1}, "--pods must be"), ({"experts": 16, "redundant": 3}, "multiple of --pods"),
+    [({"pods": 1}, "--pods must be"), ({"experts": 16, "redundant": 3}, "multiple of the ranks"),
+     ({"ranks_per_pod": 2}, "--pods x --ranks-per-pod"), ({"ranks_per_pod": 9}, "1..8"),
      ({"duration": 9}, "--duration"), ({"layers": 0}, "--layers"),
      ({"redundant": -1}, "0 or more")],
 )  # fmt: skip

@@ -15,8 +15,9 @@ the subchart's context `$eplb := index .Subcharts "eplb-sidecar"`:
       {{- include "eplb-sidecar.volumes" $eplb | nindent 6 }}
 
 Ranks are not labels: the ExpertPlacement takes them from the workload (a StatefulSet's
-apps.kubernetes.io/pod-index, or a LeaderWorkerSet's worker index). The engine writes its
-expert table under tableDir (docs/engine-contract.md).
+apps.kubernetes.io/pod-index, or a LeaderWorkerSet's worker index: spec.pods.rankFrom). The
+engine writes its expert table under tableDir, one per local rank in tableDir/local-k when
+ranksPerPod > 1 (docs/engine-contract.md).
 */}}
 {{- define "eplb-sidecar.podLabels" -}}
 eplb.io/sidecar: "true"
@@ -44,6 +45,7 @@ eplb.io/group: {{ .group | quote }}
     - --control-port={{ .Values.controlPort }}
     - --metrics-port={{ .Values.metricsPort }}
     - --transfer-port={{ .Values.transferPort }}
+    - --ranks-per-pod={{ .Values.ranksPerPod }}
     {{- with .Values.checkpointPath }}
     - --checkpoint={{ . }}
     {{- end }}

@@ -16,7 +16,10 @@ from eplb_local.demo.options import DemoOptions, Engine, Fault, Model, Prometheu
 
 
 def demo_command(
-    pods: Annotated[int, typer.Option(help="EP ranks: pods of engine + sidecar.")] = 4,
+    pods: Annotated[int, typer.Option(help="Pods of engine(s) + sidecar.")] = 4,
+    ranks_per_pod: Annotated[
+        int, typer.Option(help="EP ranks per pod: an engine process each, one sidecar.")
+    ] = 1,
     layers: Annotated[int, typer.Option(help="MoE layers of the reference model.")] = 8,
     experts: Annotated[int, typer.Option(help="Logical experts per layer.")] = 16,
     redundant: Annotated[int, typer.Option(help="Redundant experts (extra slots) per layer.")] = 4,
@@ -58,12 +61,14 @@ def demo_command(
         options = DemoOptions(
             pods=pods, layers=layers, experts=experts, redundant=redundant,
             duration=duration, prometheus=prometheus, fault=fault, shift=shift,
-            engine=engine, model=model,
+            engine=engine, model=model, ranks_per_pod=ranks_per_pod,
         )  # fmt: skip
     except InvalidInputError as error:
         _fail(str(error))
     console = Console(stderr=json_output)
-    state = DemoState(title=f"{pods} pods · {layers} layers · {experts}+{redundant} experts"
+    per_pod = f" × {ranks_per_pod} ranks" if ranks_per_pod > 1 else ""
+    state = DemoState(title=f"{pods} pods{per_pod} · {layers} layers · "
+                      f"{experts}+{redundant} experts"
                       + (f" · {model.value}" if model else "")
                       + (f" · fault {fault.value}" if fault else ""))  # fmt: skip
     view = DemoView(state, console)

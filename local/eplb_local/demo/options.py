@@ -61,6 +61,7 @@ class DemoOptions:
     seed: int = 0
     engine: Engine = Engine.reference
     model: Model | None = None
+    ranks_per_pod: int = 1
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -68,8 +69,12 @@ class DemoOptions:
             raise InvalidInputError(problem)
 
     def problem(self) -> str | None:
+        if not 1 <= self.ranks_per_pod <= 8:
+            return f"--ranks-per-pod must be 1..8 (got {self.ranks_per_pod})"
         if not 2 <= self.pods <= MAX_PODS:
-            return f"--pods must be 2..{MAX_PODS} (got {self.pods}): EP needs two ranks"
+            return f"--pods must be 2..{MAX_PODS} (got {self.pods}): weights move between pods"
+        if self.ranks_per_pod > 1 and self.engine is Engine.transformers:
+            return "--ranks-per-pod runs the reference engine only"
         if not 1 <= self.layers <= 64:
             return f"--layers must be 1..64 (got {self.layers})"
         if self.experts < 2:
@@ -77,11 +82,12 @@ class DemoOptions:
         if self.redundant < 0:
             return f"--redundant must be 0 or more (got {self.redundant})"
         slots = self.experts + self.redundant
-        if slots % self.pods:
-            fit = (-self.experts) % self.pods
+        if slots % self.ranks:
+            fit = (-self.experts) % self.ranks
             return (
-                f"--experts + --redundant ({slots}) must be a multiple of --pods ({self.pods}): "
-                f"every rank holds as many slots (e.g. --redundant {fit or self.pods})"
+                f"--experts + --redundant ({slots}) must be a multiple of the ranks "
+                f"({self.ranks}: --pods x --ranks-per-pod): every rank holds as many slots "
+                f"(e.g. --redundant {fit or self.ranks})"
             )
         if not 10 <= self.duration <= 600:
             return (
@@ -95,8 +101,13 @@ class DemoOptions:
         return None
 
     @property
+    def ranks(self) -> int:
+        """EP ranks: ``ranks_per_pod`` in each pod."""
+        return self.pods * self.ranks_per_pod
+
+    @property
     def slots_per_rank(self) -> int:
-        return (self.experts + self.redundant) // self.pods
+        return (self.experts + self.redundant) // self.ranks
 
     @property
     def window_seconds(self) -> int:
@@ -115,7 +126,7 @@ class DemoOptions:
     def engine_config(self) -> EngineConfig:
         real_model = self.model is not None  # attention heads of 16, a router per layer
         return EngineConfig(
-            ranks=self.pods,
+            ranks=self.ranks,
             layers=self.layers,
             experts=self.experts,
             slots_per_rank=self.slots_per_rank,
@@ -136,11 +147,13 @@ def placement_manifest(
     """The ExpertPlacement the demo applies (examples/sandbox.yaml at the default sizes)."""
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"app": APP}},
-        # The StatefulSet's ordinal is each pod's EP rank.
-        "pods": {"tokenSecret": TOKEN_SECRET, "rankLabel": "apps.kubernetes.io/pod-index"},
+        # The StatefulSet is the EP group, its ordinal the pod's index: pod i hosts ranks
+        # i*ranksPerPod … (i+1)*ranksPerPod-1.
+        "pods": {"tokenSecret": TOKEN_SECRET, "rankFrom": "StatefulSetOrdinal",
+                 "ranksPerPod": options.ranks_per_pod},
         "model": {"name": "sandbox/reference-moe", "layers": options.layers,
                   "experts": options.experts},
-        "topology": {"ranks": options.pods, "redundantExperts": options.redundant},
+        "topology": {"ranks": options.ranks, "redundantExperts": options.redundant},
         "online": {"intervalSeconds": options.interval_seconds,
                    "windowSeconds": options.window_seconds, "minGainPermille": 5},
         "rollout": {"layersPerStep": layers_per_step,

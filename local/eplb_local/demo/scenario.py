@@ -63,10 +63,10 @@ class Demo:
         self.view = view
         self.state = view.state
         title = (
-            f"sandbox: {options.pods} ranks × {options.layers} layers, {options.experts} experts "
+            f"sandbox: {options.ranks} ranks × {options.layers} layers, {options.experts} experts "
             f"+ {options.redundant} redundant"
         )
-        self.recording = Recording(title=title, layers=options.layers, ranks=options.pods)
+        self.recording = Recording(title=title, layers=options.layers, ranks=options.ranks)
         self.problems: list[str] = []
         self.outputs_identical = True
         self.consistent = True

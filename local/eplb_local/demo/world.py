@@ -98,7 +98,7 @@ class DemoWorld:
         model = self.options.model
         self.world = World(
             self.kube, NAMESPACE, self.workdir / "world", self.config, app=APP,
-            with_prometheus=self.use_prometheus,
+            with_prometheus=self.use_prometheus, ranks_per_pod=self.options.ranks_per_pod,
             transformers=TransformersOptions(architecture=model.value) if model else None,
         )  # fmt: skip
         # The whole cluster stops after the demo, its node with every pod: no graceful
@@ -108,7 +108,7 @@ class DemoWorld:
         self.say(f"helm install: the operator (charts/eplb-operator) and {self.options.pods} "
                  f"pods of {engine} with the injected sidecar")  # fmt: skip
         self.world.start()
-        self.tables = [ExpertTable.attach(pod.table_dir) for pod in self.world.pods()]
+        self.tables = self.world.tables()  # every rank's, in rank order
         for rank, fault in sidecar_faults(self.options).items():
             self.world.inject(self.world.pod(rank), fault)
         if self.world.prometheus is not None:

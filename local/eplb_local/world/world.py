@@ -32,6 +32,7 @@ from eplb_local.world.periodic import Periodic
 from eplb_local.world.prometheus import LocalPrometheus
 from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.adapters.transformers.probe import LogitsProbe, merge_logits
+from eplb_sidecar.contract.pod import local_table_dirs
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig
@@ -68,14 +69,25 @@ class ServingPod:
     name: str
     uid: str
     group: str
-    rank: int
+    rank: int  # the pod's index in its group (its EP rank with one rank per pod)
     ip: str
     node_dir: Path  # the node agent's directory of this pod
+    ranks_per_pod: int = 1
 
     @property
     def table_dir(self) -> Path:
         """The expert table: the pod's ``eplb-table`` emptyDir (shared memory)."""
         return memory_dir(self.uid) / "eplb-table"
+
+    @property
+    def table_dirs(self) -> list[Path]:
+        """The table of each local rank (``table_dir`` itself with one rank per pod)."""
+        return local_table_dirs(self.table_dir, self.ranks_per_pod)
+
+    @property
+    def engine_urls(self) -> list[str]:
+        """The engine API of each local rank (one engine process per rank, port + k)."""
+        return [f"http://{self.ip}:{ENGINE_PORT + k}" for k in range(self.ranks_per_pod)]
 
     @property
     def faults_file(self) -> Path:
@@ -105,6 +117,9 @@ class World:
     transformers: TransformersOptions | None = None
     # The engine container's user (None: the pod's, the sidecar's 65532); 0 runs it as root.
     engine_user: int | None = None
+    # EP ranks per pod: config.ranks / ranks_per_pod pods per group, each running one engine
+    # process per local rank and one sidecar for them all.
+    ranks_per_pod: int = 1
     started: float = 0.0  # monotonic time when every engine was serving
     prometheus: LocalPrometheus | None = None
     _discovery: Discovery | None = None
@@ -177,6 +192,7 @@ class World:
             "checkpointDir": str(checkpoint),
             "faults": True,
             "eplb-sidecar": {
+                "ranksPerPod": self.ranks_per_pod,
                 "tokenSecretName": TOKEN_SECRET,
                 "checkpointPath": CHECKPOINT_MOUNT,
                 "extraEnv": [{"name": "EPLB_SIDECAR_FAULT_FILE",
@@ -294,7 +310,7 @@ class World:
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Until every rank of every group (and the operator) is Ready."""
-        expected = self.groups * self.config.ranks
+        expected = self.groups * self.config.ranks // self.ranks_per_pod
 
         def ready() -> bool:
             serving = [p for p in self._pod_objects(f"app={self.app}") if self._ready(p)]
@@ -321,6 +337,7 @@ class World:
                     rank=int(meta["labels"]["apps.kubernetes.io/pod-index"]),
                     ip=status["podIP"],
                     node_dir=self._node_dir(pod),
+                    ranks_per_pod=self.ranks_per_pod,
                 )
             )
         return sorted(found, key=lambda p: (p.group, p.rank))
@@ -333,8 +350,8 @@ class World:
         return self.kube.node_root / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
 
     def tables(self) -> list[ExpertTable]:
-        """Every pod's expert table, of every serving replica."""
-        return [ExpertTable.attach(pod.table_dir) for pod in self.pods()]
+        """Every rank's expert table, of every serving replica (in rank order)."""
+        return [ExpertTable.attach(path) for pod in self.pods() for path in pod.table_dirs]
 
     def probe(self, group: str = "0", tokens: int = 16, seed: int = 12345) -> torch.Tensor:
         """The group's outputs for fixed inputs: the reference engine's MoE outputs
@@ -346,15 +363,17 @@ class World:
                 for pod in self.pods(group)
             ])  # fmt: skip
         parts = [
-            ProbePart.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
+            ProbePart.model_validate_json(_post(f"{url}/v1/probe", body))
             for pod in self.pods(group)
+            for url in pod.engine_urls
         ]
         return merge_probe_parts(parts)
 
     def set_workload(self, **changes: object) -> None:
         body = json.dumps(changes).encode()
         for pod in self.pods():
-            _post(f"{pod.engine_url}/v1/workload", body)
+            for url in pod.engine_urls:
+                _post(f"{url}/v1/workload", body)
 
     def sidecar_token(self) -> str:
         """The control API's bearer token (the chart's Secret)."""

@@ -72,16 +72,44 @@ class LabelSelector(ApiModel):
         return ",".join(terms)
 
 
-class PodsSpec(ApiModel):
-    """How serving pods say which expert-parallel group and rank they are."""
+MAX_RANKS_PER_POD = 64
 
+# Labels the workload controllers put on their pods (read by rankFrom).
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+
+class PodsSpec(ApiModel):
+    """How serving pods say which expert-parallel group they belong to and which EP ranks
+    they host: pod ``i`` of a group hosts ranks ``[i*ranksPerPod, (i+1)*ranksPerPod)``."""
+
+    rank_from: Literal["Label", "StatefulSetOrdinal", "LeaderWorkerSet"] = Field(
+        default="Label",
+        description="Where a pod's group and index come from. Label: the labels groupLabel "
+        "and rankLabel. StatefulSetOrdinal: the group is the pod's StatefulSet (one "
+        "StatefulSet per EP group), the index its ordinal (label "
+        "apps.kubernetes.io/pod-index). LeaderWorkerSet: the group is a LeaderWorkerSet group "
+        "(labels leaderworkerset.sigs.k8s.io/name and group-index), the index the worker "
+        "index (leaderworkerset.sigs.k8s.io/worker-index; the leader is 0).",
+    )
+    ranks_per_pod: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_RANKS_PER_POD,
+        description="EP ranks (GPUs) each pod hosts, one expert table per rank; must divide "
+        "topology.ranks. A group has topology.ranks / ranksPerPod pods.",
+    )
     group_label: str = Field(
         default="eplb.io/group",
-        description="Label naming a pod's EP group (one serving replica); pods of one group "
-        "exchange weights, groups share a placement.",
+        description="rankFrom Label: label naming a pod's EP group (one serving replica); "
+        "pods of one group exchange weights, groups share a placement.",
     )
     rank_label: str = Field(
-        default="eplb.io/rank", description="Label holding a pod's EP rank within its group."
+        default="eplb.io/rank",
+        description="rankFrom Label: label holding a pod's index within its group (its EP "
+        "rank when ranksPerPod is 1).",
     )
     control_port: int = Field(
         default=8470,
@@ -360,6 +388,11 @@ SPEC_RULES: list[dict[str, str]] = [
         "self.topology.ranks * self.topology.slotsPerRank >= self.model.experts",
         "topology.ranks x topology.slotsPerRank must be at least model.experts",
     ),
+    cel(
+        "!has(self.pods) || !has(self.pods.ranksPerPod) || "
+        "self.topology.ranks % self.pods.ranksPerPod == 0",
+        "pods.ranksPerPod must divide topology.ranks (a pod hosts whole EP ranks of one group)",
+    ),
     cel("has(self.offline) || has(self.online)", "set offline, online, or both"),
     cel(
         "self.rollout.strategy != 'Restart' || has(self.workloadRef)",
@@ -533,6 +566,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
     },
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Ranks", "type": "integer", "jsonPath": ".spec.topology.ranks"},
+    {"name": "Per-Pod", "type": "integer", "jsonPath": ".spec.pods.ranksPerPod"},
+    {"name": "Rank-From", "type": "string", "jsonPath": ".spec.pods.rankFrom", "priority": 1},
     {"name": "Balancedness", "type": "number", "jsonPath": ".status.balancedness"},
     {"name": "Revision", "type": "string", "jsonPath": ".status.currentRevision"},
     {"name": "Layers", "type": "integer", "jsonPath": ".status.layersCommitted"},

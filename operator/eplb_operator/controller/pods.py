@@ -1,7 +1,8 @@
 """Do the live pods match the spec?  Pure checks on pod objects, no I/O.
 
-Each serving replica (EP group) must have exactly one pod per rank ``0 … ranks-1``; a pod
-names its group and rank with the labels ``spec.pods.groupLabel`` / ``rankLabel``.
+Each serving replica (EP group) must have exactly one pod per index ``0 … ranks/ranksPerPod
+- 1``; pod ``i`` hosts the EP ranks ``[i*ranksPerPod, (i+1)*ranksPerPod)``.  Where a pod's
+group and index come from is ``spec.pods.rankFrom`` (see :func:`pod_identity`).
 """
 
 from __future__ import annotations
@@ -9,12 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
+from eplb_operator.api.v1alpha1 import (
+    LWS_GROUP_INDEX_LABEL,
+    LWS_NAME_LABEL,
+    LWS_WORKER_INDEX_LABEL,
+    POD_INDEX_LABEL,
+    ExpertPlacementSpec,
+    PodsSpec,
+)
 
 
 @dataclass
 class PodCheck:
-    """Pods by group and rank (``groups[group][rank] = pod name``) and what is wrong."""
+    """Pods by group and index (``groups[group][index] = pod name``) and what is wrong."""
 
     groups: dict[str, dict[int, str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -24,41 +32,72 @@ class PodCheck:
         return not self.problems
 
 
+def pod_identity(pod: dict[str, Any], pods: PodsSpec) -> tuple[str, int] | str:
+    """``(group, index)`` of ``pod`` as ``pods.rankFrom`` says, or why it has none."""
+    meta = pod["metadata"]
+    name = meta["name"]
+    labels = meta.get("labels") or {}
+    if pods.rank_from == "StatefulSetOrdinal":
+        owner = next(
+            (o for o in meta.get("ownerReferences") or []
+             if o.get("kind") == "StatefulSet" and o.get("controller")),
+            None,
+        )  # fmt: skip
+        if owner is None:
+            return f"pod {name} is not controlled by a StatefulSet (rankFrom StatefulSetOrdinal)"
+        group, index_label = str(owner["name"]), POD_INDEX_LABEL
+    elif pods.rank_from == "LeaderWorkerSet":
+        lws, group_index = labels.get(LWS_NAME_LABEL), labels.get(LWS_GROUP_INDEX_LABEL)
+        if lws is None or group_index is None:
+            return (
+                f"pod {name} has no {LWS_NAME_LABEL} and {LWS_GROUP_INDEX_LABEL} labels "
+                f"(rankFrom LeaderWorkerSet)"
+            )
+        group, index_label = f"{lws}-{group_index}", LWS_WORKER_INDEX_LABEL
+    else:
+        label_group = labels.get(pods.group_label)
+        if label_group is None:
+            return f"pod {name} has no {pods.group_label} label"
+        group, index_label = label_group, pods.rank_label
+    raw = labels.get(index_label)
+    if raw is None or not raw.isascii() or not raw.isdigit():
+        return f"pod {name} has no integer {index_label} label"
+    return group, int(raw)
+
+
 def check_pods(pods: list[dict[str, Any]], spec: ExpertPlacementSpec) -> PodCheck:
-    """Group ``pods`` by EP group and rank and list every way they disagree with ``spec``."""
+    """Group ``pods`` by EP group and index and list every way they disagree with ``spec``."""
     check = PodCheck()
-    ranks = spec.topology.ranks
-    group_label, rank_label = spec.pods.group_label, spec.pods.rank_label
+    per_pod = spec.pods.ranks_per_pod
+    count = spec.topology.ranks // per_pod
+    # With one rank per pod a pod's index is its rank: say so, as users label it.
+    unit, units = ("rank", "ranks") if per_pod == 1 else ("pod index", "pods")
     if not pods:
         check.problems.append("no pods match the selector")
         return check
     for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
         name = pod["metadata"]["name"]
-        labels = pod["metadata"].get("labels") or {}
-        group = labels.get(group_label)
-        raw_rank = labels.get(rank_label)
-        if group is None:
-            check.problems.append(f"pod {name} has no {group_label} label")
+        identity = pod_identity(pod, spec.pods)
+        if isinstance(identity, str):
+            check.problems.append(identity)
             continue
-        if raw_rank is None or not raw_rank.isdigit():
-            check.problems.append(f"pod {name} has no integer {rank_label} label")
-            continue
-        rank = int(raw_rank)
-        if rank >= ranks:
-            check.problems.append(f"pod {name} has rank {rank}, outside 0..{ranks - 1}")
+        group, index = identity
+        if index >= count:
+            hosted = "" if per_pod == 1 else f" ({count} pods of {per_pod} ranks each)"
+            check.problems.append(f"pod {name} has {unit} {index}, outside 0..{count - 1}{hosted}")
             continue
         members = check.groups.setdefault(group, {})
-        if rank in members:
+        if index in members:
             check.problems.append(
-                f"group {group}: pods {members[rank]} and {name} both claim rank {rank}"
+                f"group {group}: pods {members[index]} and {name} both claim {unit} {index}"
             )
             continue
-        members[rank] = name
+        members[index] = name
     for group, members in sorted(check.groups.items()):
-        missing = [r for r in range(ranks) if r not in members]
+        missing = [i for i in range(count) if i not in members]
         if missing:
             shown = ", ".join(map(str, missing[:8])) + (" …" if len(missing) > 8 else "")
             check.problems.append(
-                f"group {group} has {len(members)} of {ranks} ranks (missing rank {shown})"
+                f"group {group} has {len(members)} of {count} {units} (missing {unit} {shown})"
             )
     return check

@@ -152,14 +152,15 @@ class Reconciler:
             return await self._degraded("PodsNotReady", str(error))
         topology = spec.placement_topology()
         for pod_name, info in states.items():
-            shape = (info.layers, info.experts, info.ranks, info.slots_per_rank)
+            shape = (info.layers, info.experts, info.ranks, info.slots_per_rank,
+                     info.ranks_per_pod)  # fmt: skip
             wanted = (spec.model.layers, topology.num_experts, topology.num_ranks,
-                      topology.slots_per_rank)  # fmt: skip
+                      topology.slots_per_rank, spec.pods.ranks_per_pod)  # fmt: skip
             if shape != wanted:
                 return await self._degraded(
                     "InvalidSpec",
-                    f"pod {pod_name} serves (layers, experts, ranks, slots per rank) {shape}; "
-                    f"the spec says {wanted}",
+                    f"pod {pod_name} serves (layers, experts, ranks, slots per rank, ranks per "
+                    f"pod) {shape}; the spec says {wanted}",
                 )
         served = _most_common_rows(
             [torch.tensor(info.placement) for info in states.values() if info.placement]

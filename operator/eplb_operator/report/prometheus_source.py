@@ -1,8 +1,10 @@
 """A recording from a real cluster: rank loads from Prometheus, rollouts from the API.
 
-- Load: one range query, ``sum by (pod, layer) (increase(eplb_expert_tokens_total{…}[step]))``
-  over the ExpertPlacement's pods, each pod's series put at its rank (``spec.pods.rankLabel``;
-  the pods of several EP groups add up, as they share one placement).  A time at which some
+- Load: one range query, ``sum by (pod, layer, slot) (increase(eplb_expert_tokens_total{…}
+  [step]))`` over the ExpertPlacement's pods, each series put at the rank that owns its slot
+  (a series without a slot, from a load source, at its pod's first rank: the pod's index as
+  ``spec.pods.rankFrom`` says, times ``ranksPerPod``); the pods of several EP groups add
+  up, as they share one placement.  A time at which some
   rank or layer has no series is left out, never counted as zero.
 - Rollouts: the placement's ControllerRevisions (moves) and its rollout Events (times,
   results, layers).
@@ -21,20 +23,28 @@ from eplb_core.errors import InvalidInputError
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec
 from eplb_operator.controller import kube, messages
 from eplb_operator.controller.loads import pod_regex
+from eplb_operator.controller.pods import pod_identity
 from eplb_operator.report.recording import LoadSample, Recording, RolloutRecord
 from eplb_sidecar import metric_names
 
 RANK_LOAD_QUERY = (
-    "sum by (pod, layer) (increase(" + metric_names.EXPERT_TOKENS.name
+    "sum by (pod, layer, slot) (increase(" + metric_names.EXPERT_TOKENS.name
     + '{{namespace="{namespace}",pod=~"{pods}"}}[{step}s]))'
 )  # fmt: skip
 
 
 def samples_from_matrix(
-    result: list[dict[str, Any]], rank_of: dict[str, int], layers: int, ranks: int, step: float
+    result: list[dict[str, Any]],
+    rank_of: dict[str, int],
+    layers: int,
+    ranks: int,
+    step: float,
+    slots_per_rank: int | None = None,
 ) -> list[LoadSample]:
-    """Pure: a range query's ``(pod, layer)`` series → one sample ``[L][R]`` per time at which
-    every (layer, rank) has a value."""
+    """Pure: a range query's ``(pod, layer[, slot])`` series → one sample ``[L][R]`` per time
+    at which every (layer, rank) has a value.  ``rank_of``: pod → its (first) rank; with
+    ``slots_per_rank``, a series with a ``slot`` label counts for the rank owning the slot
+    (a pod of several ranks)."""
     by_time: dict[float, dict[tuple[int, int], float]] = {}
     for series in result:
         labels = series.get("metric") or {}
@@ -45,9 +55,13 @@ def samples_from_matrix(
             raise InvalidInputError(
                 f"Prometheus has layer {layer} for pod {pod}; the ExpertPlacement has {layers}"
             )
+        slot = str(labels.get("slot", ""))
+        rank = rank_of[str(pod)]
+        if slots_per_rank is not None and slot.isdigit():
+            rank = int(slot) // slots_per_rank
         for stamp, value in series.get("values") or []:
             cell = by_time.setdefault(float(stamp), {})
-            key = (int(layer), rank_of[str(pod)])
+            key = (int(layer), rank)
             cell[key] = cell.get(key, 0.0) + float(value)
     samples = []
     for stamp in sorted(by_time):
@@ -102,14 +116,16 @@ async def _read_cluster(
     spec = ExpertPlacementSpec.model_validate(obj["spec"])
     pods = await kube.list_pods(namespace, spec.selector.to_query())
     rank_of = {}
+    problems = []
     for pod in pods:
-        rank = (pod["metadata"].get("labels") or {}).get(spec.pods.rank_label, "")
-        if rank.isdigit():
-            rank_of[pod["metadata"]["name"]] = int(rank)
+        identity = pod_identity(pod, spec.pods)
+        if isinstance(identity, str):
+            problems.append(identity)
+        else:
+            rank_of[pod["metadata"]["name"]] = identity[1] * spec.pods.ranks_per_pod
     if not rank_of:
-        raise InvalidInputError(
-            f"no pods of {namespace}/{name} carry a rank label {spec.pods.rank_label!r}"
-        )
+        found = "; ".join(problems[:3]) or "no pods match the selector"
+        raise InvalidInputError(f"no pods of {namespace}/{name} have a rank ({found})")
     revisions = await kube.list_revisions(namespace, name)
     async with await kube.api_client() as api:
         listed = await client.CoreV1Api(api).list_namespaced_event(namespace)
@@ -145,7 +161,7 @@ def recording_from_cluster(
             f"Prometheus at {prometheus_url} failed: {type(error).__name__}: {error}"
         ) from error
     samples = samples_from_matrix(result, rank_of, spec.model.layers, topology.num_ranks,
-                                  step_seconds)  # fmt: skip
+                                  step_seconds, topology.slots_per_rank)  # fmt: skip
     if not samples:
         raise InvalidInputError(
             f"Prometheus at {prometheus_url} has no complete {metric_names.EXPERT_TOKENS.name} "

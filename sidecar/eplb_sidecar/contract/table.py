@@ -189,26 +189,8 @@ class ExpertTable:
         Inside, nothing the engine reads is in use: weights and routing may change.  On
         exit the epoch is bumped so the engine re-reads its routing table.
         """
-        self._epoch[1] = 1
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(
-                            f"engine did not reach a step boundary within {timeout:g} s"
-                        ) from None
-                    time.sleep(_POLL_SECONDS)
-            try:
-                yield
-                self._epoch[0] += 1
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        finally:
-            self._epoch[1] = 0
+        with commit_window([self], timeout):
+            yield
 
     @property
     def epoch(self) -> int:
@@ -233,3 +215,43 @@ class ExpertTable:
             )
             for spec in self.layout.weights
         }
+
+
+@contextmanager
+def commit_window(tables: list[ExpertTable], timeout: float) -> Iterator[None]:
+    """Hold the engines of ``tables`` (the local ranks of one pod) at a step boundary
+    together; raises TimeoutError when they are not all there within ``timeout`` s.
+
+    Every engine is asked to yield before any lock is taken: ranks of one EP group step in
+    lockstep (their all-to-all waits for each other), so holding one while another is still
+    asked nothing would leave that one stuck in a step waiting for the held one.  On exit
+    every epoch is bumped so each engine re-reads its routing table.
+    """
+    deadline = time.monotonic() + timeout
+    held: list[ExpertTable] = []
+    for table in tables:
+        table._epoch[1] = 1
+    try:
+        for table in tables:
+            while True:
+                try:
+                    fcntl.flock(table._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(table)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(
+                            f"engine of {table.directory} did not reach a step boundary "
+                            f"within {timeout:g} s"
+                        ) from None
+                    time.sleep(_POLL_SECONDS)
+        try:
+            yield
+            for table in tables:
+                table._epoch[0] += 1
+        finally:
+            for table in held:
+                fcntl.flock(table._lock_fd, fcntl.LOCK_UN)
+    finally:
+        for table in tables:
+            table._epoch[1] = 0

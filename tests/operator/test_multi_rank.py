@@ -1,0 +1,150 @@
+"""Pods of several EP ranks, ranks taken from the workload: a StatefulSet of 2 pods x 2
+ranks (rankFrom StatefulSetOrdinal, ranksPerPod 2), one sidecar per pod for both of its
+engines, a placement rolled out by the operator on the real API server with experts moving
+between the GPUs of a pod (local copies) and between pods (gloo); DESIGN §5 on every rank."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from eplb_local.world import LocalKube, World
+from eplb_sidecar.engine.reference import identity_placement
+
+from .conftest import APP, CONFIG, assert_invariants, mapping_json, spec
+
+pytestmark = pytest.mark.slow
+
+RANKS_PER_POD = 2
+
+
+@pytest.fixture(scope="module")
+def multi_rank_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    workdir = tmp_path_factory.mktemp("multi-rank")
+    world = World(kube, namespace, workdir, CONFIG, ranks_per_pod=RANKS_PER_POD)
+    try:
+        # Six processes per replica's two pods start on a shared machine: a generous wait.
+        yield world.start(timeout=600)
+    finally:
+        world.stop()
+
+
+def placement(ranks_per_pod: int) -> dict[str, object]:
+    body = spec(offline={"configMapRef": {"name": "moe-mapping"}})
+    body["spec"]["pods"].pop("rankLabel", None)
+    body["spec"]["pods"].update({"rankFrom": "StatefulSetOrdinal", "ranksPerPod": ranks_per_pod})
+    return body
+
+
+def rotated() -> torch.Tensor:
+    """``[L, P]``: the start-up placement with every layer's slots shifted by 1-3 ranks, so
+    each rank takes experts another rank held: in its own pod (a copy between the pod's
+    GPUs) or in the other pod (a peer transfer)."""
+    start = identity_placement(CONFIG)
+    S = CONFIG.slots_per_rank
+    return torch.stack([start[layer].roll((layer % 3 + 1) * S) for layer in range(CONFIG.layers)])
+
+
+def shuffle_bytes(world: World, pod_ip: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{pod_ip}:9470/metrics", timeout=30) as response:
+        text = response.read().decode()
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "eplb_shuffle_bytes")  # fmt: skip
+    return {s.labels["source"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+
+def test_statefulset_pods_of_two_ranks_are_rolled_out_on_every_rank(
+    multi_rank_world: World,
+) -> None:
+    world = multi_rank_world
+    pods = world.pods()
+    assert [p.name for p in pods] == [f"{APP}-0-0", f"{APP}-0-1"]  # 4 ranks in 2 pods
+    assert len(world.tables()) == CONFIG.ranks
+    expected = world.probe()
+    api = world.kube.api_checked()
+    target = rotated()
+    api.checked("POST", f"/api/v1/namespaces/{world.namespace}/configmaps",
+                {"metadata": {"name": "moe-mapping"},
+                 "data": {"placement.json": mapping_json(target)}})  # fmt: skip
+
+    # Told one rank per pod, the operator finds half the ranks: a condition and an Event,
+    # nothing rolled out.
+    api.checked("POST", world.xpl, placement(ranks_per_pod=1))
+    world.wait(lambda: world.condition("Degraded").get("reason") == "PodsInconsistent", 120,
+               "PodsInconsistent")  # fmt: skip
+    message = world.condition("Degraded")["message"]
+    assert "group moe-0 has 2 of 4 ranks (missing rank 2, 3)" in message, message
+    assert any(e.get("reason") == "PodsInconsistent" and e.get("type") == "Warning"
+               for e in world.events())  # fmt: skip
+    assert world.revisions() == []
+
+    # The right shape: the StatefulSet is the group, the ordinal the pod's index.
+    api.checked("PATCH", f"{world.xpl}/{APP}",
+                {"spec": {"pods": {"ranksPerPod": RANKS_PER_POD}}},
+                content_type="application/merge-patch+json")  # fmt: skip
+    try:
+        world.wait(lambda: world.status().get("currentRevision") == f"{APP}-1", 300,
+                   "the rollout")  # fmt: skip
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nstatus: {world.status()}\nevents: "
+                             f"{[e.get('message') for e in world.events()]}") from None  # fmt: skip
+    assert world.condition("Ready")["status"] == "True"
+    assert world.condition("Progressing")["reason"] == "RolloutComplete"
+
+    # Every rank of both pods serves it, with exact weights and the same outputs.
+    for table in world.tables():
+        assert torch.equal(table.routing, target)
+    assert_invariants(world, expected)
+    moved = [shuffle_bytes(world, pod.ip) for pod in pods]
+    assert sum(m.get("local", 0) for m in moved) > 0, moved  # between the GPUs of a pod
+    assert sum(m.get("peer", 0) for m in moved) > 0, moved  # between the pods
+    assert sum(m.get("checkpoint", 0) for m in moved) == 0, moved
+    for pod in pods:
+        info = world.sidecar_info(pod.name)
+        assert (info["rank"], info["ranks"], info["ranks_per_pod"]) == (
+            pod.rank, CONFIG.ranks, RANKS_PER_POD)  # fmt: skip
+
+    # kubectl get xpl shows ranks per pod.
+    done = world.kube.kubectl("--namespace", world.namespace, "get", "xpl", APP, "-o", "wide")
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    names = header.split()
+    starts = [header.index(f"{name} ") if name != names[-1] else header.rindex(name)
+              for name in names]  # fmt: skip
+    # Sliced at the header's positions: an empty cell (no balancedness yet) is no column.
+    ends = [*starts[1:], None]
+    columns = {name: row[start:end].strip()
+               for name, start, end in zip(names, starts, ends, strict=True)}  # fmt: skip
+    assert columns["PER-POD"] == str(RANKS_PER_POD), done.stdout
+    assert columns["RANK-FROM"] == "StatefulSetOrdinal", done.stdout
+
+
+def test_skewed_load_on_pods_of_two_ranks_is_rebalanced_online(multi_rank_world: World) -> None:
+    """Online: the operator reads each pod's slots (both local ranks' counters) from the
+    sidecars, plans and rolls out; every rank serves the new revision."""
+    world = multi_rank_world
+    if world.kube.api_checked().get(world.xpl).body.get("items"):
+        world.reset(timeout=600)  # the test before left its placement
+    expected = world.probe()
+    body = spec(online={"intervalSeconds": 10, "windowSeconds": 10, "minGainPermille": 20})
+    body["spec"]["pods"].pop("rankLabel", None)
+    body["spec"]["pods"].update({"rankFrom": "StatefulSetOrdinal", "ranksPerPod": RANKS_PER_POD})
+    world.settle(10)  # a whole window of skewed load
+    world.kube.api_checked().checked("POST", world.xpl, body)
+    # The first plan in a fresh operator pod compiles the placement kernels (numba): minutes
+    # on a loaded machine.
+    world.wait(lambda: world.status().get("currentRevision") == f"{APP}-1", 900,
+               "the first rebalance")  # fmt: skip
+    status = world.status()
+    assert status["lastRebalance"]["moves"] > 0
+    assert world.condition("Ready")["status"] == "True"
+    revision = torch.tensor(world.revisions()[0]["data"]["placement"])
+    for table in world.tables():
+        assert torch.equal(table.routing, revision)
+    assert_invariants(world, expected)
