@@ -26,8 +26,7 @@ NON_DEFAULT = [
     "--set", "networkPolicy.groups={replica-0,replica-1}",
     "--set", "networkPolicy.namespaces={serving}",
     "--set", "operator.watchNamespace=serving",
-    "--set", "sidecar.token.value=s3cret",
-    "--set", "sidecar.token.namespaces={serving}",
+    "--set", "sidecar.auth.audience=eplb-sidecar-prod",
     "--set", "crds.keep=false",
 ]  # fmt: skip
 PROMETHEUS_OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
@@ -65,8 +64,7 @@ def test_every_rendered_object_is_valid(values: list[str], tmp_path: Path) -> No
             continue  # no schema bundled for them: checked one by one below
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "ServiceAccount", "Secret", "Service",
-            "CustomResourceDefinition"} <= kinds  # fmt: skip
+    assert {"Deployment", "ServiceAccount", "Service", "CustomResourceDefinition"} <= kinds
     if values:
         assert PROMETHEUS_OPERATOR_KINDS | {"NetworkPolicy", "Role", "RoleBinding"} <= kinds
         rule = by_kind(docs, "PrometheusRule")[0]
@@ -123,10 +121,44 @@ def test_crds_are_installed_kept_or_left_out() -> None:
     assert crd["spec"] == generated["spec"]
 
 
-def test_the_token_secret_exists_in_every_serving_namespace() -> None:
-    secrets = by_kind(render(*NON_DEFAULT), "Secret")
-    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["eplb-system", "serving"]
-    assert len({s["data"]["token"] for s in secrets}) == 1
+def _reads_a_secret(doc: Any) -> list[str]:
+    """Where ``doc`` names a Secret: the kind, secret volumes, secretKeyRef / secretRef, or
+    RBAC rules on secrets."""
+    found: list[str] = []
+    if isinstance(doc, dict):
+        if doc.get("kind") == "Secret":
+            found.append(f"Secret {doc['metadata']['name']}")
+        for key, value in doc.items():
+            if key in ("secret", "secretKeyRef", "secretRef"):
+                found.append(f"{key}: {value}")
+            if key == "resources" and isinstance(value, list) and "secrets" in value:
+                found.append(f"rule on secrets: {doc}")
+            found += _reads_a_secret(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            found += _reads_a_secret(item)
+    return found
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
+def test_no_template_makes_or_reads_a_secret(values: list[str]) -> None:
+    docs = render(*values)
+    assert [where for doc in docs for where in _reads_a_secret(doc)] == []
+    # The operator proves itself with its own projected token for the sidecars' audience.
+    audience = "eplb-sidecar-prod" if values else "eplb-sidecar"
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    sources = [s for v in pod["volumes"] for s in v.get("projected", {}).get("sources", [])]
+    token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+    assert token["audience"] == audience
+    assert token["expirationSeconds"] >= 600
+    (operator,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    mount = next(m for m in operator["volumeMounts"] if m["name"] == "sidecar-token")
+    assert env["EPLB_SIDECAR_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
+    # The right the sidecars' SubjectAccessReview asks for is the operator's alone.
+    rules = by_kind(docs, "Role" if values else "ClusterRole")[0]["rules"]
+    assert {"apiGroups": ["eplb.io"], "resources": ["expertplacements/rollout"],
+            "verbs": ["update"]} in rules  # fmt: skip
 
 
 def test_the_sidecar_library_chart_lints() -> None:
@@ -165,6 +197,7 @@ spec:
         app: vllm-ep
         {{- include "eplb-sidecar.podLabels" (dict "group" "replica-0") | nindent 8 }}
     spec:
+      serviceAccountName: {{ include "eplb-sidecar.serviceAccountName" $eplb }}
       containers:
         - name: vllm
           image: vllm/vllm-openai:v0.11.0
@@ -175,7 +208,24 @@ spec:
         {{- include "eplb-sidecar.volumes" $eplb | nindent 8 }}
 """
     )
+    (serving / "templates" / "eplb-rbac.yaml").write_text(
+        '{{- include "eplb-sidecar.rbac" (index .Subcharts "eplb-sidecar") }}\n'
+    )
     docs = render(chart=serving)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert [where for doc in docs for where in _reads_a_secret(doc)] == []
+    # The pods run as a ServiceAccount that may review tokens, and nothing more.
+    (account,) = by_kind(docs, "ServiceAccount")
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:auth-delegator",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "eplb-system"}]  # fmt: skip
+    assert binding["metadata"]["name"].endswith("-eplb-system-eplb-sidecar-auth")
     statefulset = by_kind(docs, "StatefulSet")[0]
     kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
     pod = statefulset["spec"]["template"]
@@ -183,7 +233,11 @@ spec:
     assert labels["eplb.io/sidecar"] == "true" and labels["eplb.io/group"] == "replica-0"
     assert "eplb.io/rank" not in labels  # ranks come from the workload, never one constant
     sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "eplb-sidecar")
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
     assert "--checkpoint=/models" in sidecar["args"]
+    assert {"--auth=kubernetes", "--audience=eplb-sidecar"} <= set(sidecar["args"])
+    namespace = next(e for e in sidecar["env"] if e["name"] == "POD_NAMESPACE")
+    assert namespace["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert sidecar["image"] == "ghcr.io/eplb-k8s/eplb-sidecar:0.1.0"
     engine = next(c for c in pod["spec"]["containers"] if c["name"] == "vllm")
     table = next(v for v in pod["spec"]["volumes"] if v["name"] == "eplb-table")

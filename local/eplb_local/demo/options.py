@@ -15,7 +15,6 @@ from eplb_sidecar.engine.config import EngineConfig, Workload
 NAMESPACE = "eplb-demo"
 APP = "sandbox-moe"
 NAME = "sandbox"
-TOKEN_SECRET = "eplb-sidecar-token"
 MAX_PODS = 16  # two processes each on a laptop's cores
 
 
@@ -137,7 +136,7 @@ def placement_manifest(
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"app": APP}},
         # The StatefulSet's ordinal is each pod's EP rank.
-        "pods": {"tokenSecret": TOKEN_SECRET, "rankLabel": "apps.kubernetes.io/pod-index"},
+        "pods": {"rankLabel": "apps.kubernetes.io/pod-index"},
         "model": {"name": "sandbox/reference-moe", "layers": options.layers,
                   "experts": options.experts},
         "topology": {"ranks": options.pods, "redundantExperts": options.redundant},

@@ -6,7 +6,6 @@ annotations and Events aside), so its RBAC can be read off one file.
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Callable
 from typing import Any
@@ -60,15 +59,6 @@ async def get_pod(namespace: str, name: str) -> dict[str, Any] | None:
             if error.status == 404:
                 return None
             raise
-
-
-async def read_secret_key(namespace: str, name: str, key: str) -> str:
-    async with await api_client() as api:
-        secret = await client.CoreV1Api(api).read_namespaced_secret(name, namespace)
-        data = secret.data or {}
-        if key not in data:
-            raise KeyError(f"secret {name} has no key {key!r}")
-        return base64.b64decode(data[key]).decode().strip()
 
 
 async def read_config_map_key(namespace: str, name: str, key: str) -> str:
