@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from eplb_local.kube.audit import requests
 from eplb_local.world import World
 from eplb_local.world.world import OPERATOR_ACCOUNT, SIDECAR_CONTROL_PORT
 
@@ -88,3 +89,25 @@ def test_a_sidecar_that_may_not_ask_answers_503_until_it_may(world: World) -> No
         meta = {k: binding["metadata"][k] for k in ("name", "labels")}
         api.checked("POST", path.rsplit("/", 1)[0], dict(binding, metadata=meta))
     world.wait(lambda: info(world, world.sidecar_token())[0] == 200, 60, "200 with it back")
+
+
+def test_a_rollouts_calls_cost_one_review_while_the_answer_is_cached(world: World) -> None:
+    assert world.kube.plane is not None
+    username = f"system:serviceaccount:{world.namespace}:{SIDECAR_ACCOUNT}"
+
+    def reviews() -> int:
+        assert world.kube.plane is not None
+        return sum(
+            1
+            for access, _ in requests(world.kube.plane.audit_log, username)
+            if access.resource == "tokenreviews"
+        )
+
+    token = world.sidecar_token()
+    before = reviews()
+    calls = 10
+    for _ in range(calls):
+        assert info(world, token)[0] == 200
+    # The cache holds an answer 10 s; even slow calls on a loaded machine stay far below one
+    # review per call (each call would otherwise cost a TokenReview and a SAR).
+    assert 1 <= reviews() - before <= 3
