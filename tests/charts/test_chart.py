@@ -282,3 +282,43 @@ def test_the_log_level_reaches_the_operator(level: str, flag: str | None) -> Non
     deployment = by_kind(render("--set", f"operator.logLevel={level}"), "Deployment")[0]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert {"--verbose", "--quiet"} & set(args) == ({flag} if flag else set())
+
+
+def _open_to_anyone(policies: list[dict[str, Any]], protocol: str) -> set[int]:
+    """Ports of ``protocol`` the policies let any peer reach (rules without ``from``)."""
+    ports: set[int] = set()
+    for policy in policies:
+        for rule in policy["spec"]["ingress"]:
+            if "from" in rule:
+                continue
+            for port in rule["ports"]:
+                if port.get("protocol", "TCP") != protocol:
+                    continue
+                if "port" not in port:
+                    return set(range(1, 65536))
+                ports |= set(range(port["port"], port.get("endPort", port["port"]) + 1))
+    return ports
+
+
+@pytest.mark.parametrize("groups", [[], ["--set", "networkPolicy.groups={replica-0}"]],
+                         ids=["any-sidecar", "per-group"])  # fmt: skip
+def test_network_policies_close_only_the_sidecars_ports(groups: list[str]) -> None:
+    docs = render("--set", "networkPolicy.enabled=true", "--set", "sidecar.controlPort=9000",
+                  *groups)  # fmt: skip
+    policies = by_kind(docs, "NetworkPolicy")
+    for policy in policies:
+        kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+        assert policy["spec"]["podSelector"]["matchLabels"]["eplb.io/sidecar"] == "true"
+    # The engine's serving port, NCCL's and gloo's ports, anything but the sidecar's: open,
+    # as if no policy selected the pod.  Control and transfer: only from whom they serve.
+    assert _open_to_anyone(policies, "TCP") == set(range(1, 65536)) - {9000, 29470}
+    assert _open_to_anyone(policies, "UDP") == set(range(1, 65536))
+    control = [
+        rule for policy in policies for rule in policy["spec"]["ingress"]
+        if {"port": 9000, "protocol": "TCP"} in rule.get("ports", [])
+    ]  # fmt: skip
+    assert len(control) == 1 and len(control[0]["from"]) == 1
+    assert "app.kubernetes.io/name" in control[0]["from"][0]["podSelector"]["matchLabels"]
+    done = helm("template", "--set", "networkPolicy.enabled=true", "--set",
+                "sidecar.metricsPort=8470")  # fmt: skip
+    assert done.returncode != 0 and "must differ" in done.stderr
