@@ -25,7 +25,7 @@ NON_DEFAULT = [
     "--set", "networkPolicy.enabled=true",
     "--set", "networkPolicy.groups={replica-0,replica-1}",
     "--set", "networkPolicy.namespaces={serving}",
-    "--set", "operator.watchNamespace=serving",
+    "--set", "operator.watchNamespaces={serving,serving-b}",
     "--set", "sidecar.auth.audience=eplb-sidecar-prod",
     "--set", "crds.keep=false",
 ]  # fmt: skip
@@ -322,3 +322,23 @@ def test_network_policies_close_only_the_sidecars_ports(groups: list[str]) -> No
     done = helm("template", "--set", "networkPolicy.enabled=true", "--set",
                 "sidecar.metricsPort=8470")  # fmt: skip
     assert done.returncode != 0 and "must differ" in done.stderr
+
+
+def test_watched_namespaces_get_roles_and_kopf_flags_not_cluster_wide_reads() -> None:
+    docs = render("--set", "operator.watchNamespaces={serving-a,serving-b}")
+    roles, bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["serving-a", "serving-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["serving-a", "serving-b"]
+    assert roles[0]["rules"] == roles[1]["rules"]
+    # Cluster-wide, only what kopf cannot read per namespace.
+    (cluster,) = by_kind(docs, "ClusterRole")
+    assert {r for rule in cluster["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces"}  # fmt: skip
+    (operator,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    flags = [a for a in operator["args"] if a.startswith(("--namespace", "--all-namespaces"))]
+    assert flags == ["--namespace=serving-a", "--namespace=serving-b"]
+    # Empty: every namespace, one ClusterRole with the same rules as each Role.
+    everywhere = render()
+    assert by_kind(everywhere, "Role") == []
+    (cluster_wide,) = by_kind(everywhere, "ClusterRole")
+    assert cluster_wide["rules"][: len(roles[0]["rules"])] == roles[0]["rules"]

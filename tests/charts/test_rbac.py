@@ -82,7 +82,7 @@ def test_the_role_grants_exactly_what_a_real_operator_run_used(world: World) -> 
     cluster_wide = by_kind(render(), "ClusterRole")[0]
     cluster_wide_used = {a for a in used if a.resource != "namespaces"}
     assert granted(cluster_wide["rules"]) - RESTART_ACCESSES - SIDECAR_ACCESSES == cluster_wide_used
-    namespaced = render("--set", "operator.watchNamespace=serving")
+    namespaced = render("--set", "operator.watchNamespaces={serving}")
     rendered = {a for doc in by_kind(namespaced, "Role") + by_kind(namespaced, "ClusterRole")
                 for a in granted(doc["rules"])}  # fmt: skip
     assert rendered - RESTART_ACCESSES - SIDECAR_ACCESSES == used

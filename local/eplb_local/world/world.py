@@ -146,7 +146,7 @@ class World:
         chosen = _merge(
             {
                 "crds": {"install": False},
-                "operator": {"watchNamespace": self.namespace, "recheckSeconds": 1},
+                "operator": {"watchNamespaces": [self.namespace], "recheckSeconds": 1},
             },
             self.operator_values,
             values,
