@@ -50,6 +50,11 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] == kind]
 
 
+def release_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's objects, without Helm hooks (the uninstall hook's Job and its RBAC)."""
+    return [d for d in docs if "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+
+
 @pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
 def test_the_chart_lints(values: list[str]) -> None:
     done = helm("lint", "--strict", *values)
@@ -156,7 +161,7 @@ def test_no_template_makes_or_reads_a_secret(values: list[str]) -> None:
     mount = next(m for m in operator["volumeMounts"] if m["name"] == "sidecar-token")
     assert env["EPLB_SIDECAR_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
     # The right the sidecars' SubjectAccessReview asks for is the operator's alone.
-    rules = by_kind(docs, "Role" if values else "ClusterRole")[0]["rules"]
+    rules = by_kind(release_objects(docs), "Role" if values else "ClusterRole")[0]["rules"]
     assert {"apiGroups": ["eplb.io"], "resources": ["expertplacements/rollout"],
             "verbs": ["update"]} in rules  # fmt: skip
 
@@ -325,7 +330,7 @@ def test_network_policies_close_only_the_sidecars_ports(groups: list[str]) -> No
 
 
 def test_watched_namespaces_get_roles_and_kopf_flags_not_cluster_wide_reads() -> None:
-    docs = render("--set", "operator.watchNamespaces={serving-a,serving-b}")
+    docs = release_objects(render("--set", "operator.watchNamespaces={serving-a,serving-b}"))
     roles, bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["serving-a", "serving-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["serving-a", "serving-b"]
@@ -338,7 +343,27 @@ def test_watched_namespaces_get_roles_and_kopf_flags_not_cluster_wide_reads() ->
     flags = [a for a in operator["args"] if a.startswith(("--namespace", "--all-namespaces"))]
     assert flags == ["--namespace=serving-a", "--namespace=serving-b"]
     # Empty: every namespace, one ClusterRole with the same rules as each Role.
-    everywhere = render()
+    everywhere = release_objects(render())
     assert by_kind(everywhere, "Role") == []
     (cluster_wide,) = by_kind(everywhere, "ClusterRole")
     assert cluster_wide["rules"][: len(roles[0]["rules"])] == roles[0]["rules"]
+
+
+def test_uninstall_first_stands_the_operator_down_with_rights_for_that_alone() -> None:
+    hooks = [d for d in render() if d not in release_objects(render())]
+    assert {d["kind"] for d in hooks} == {"ServiceAccount", "Role", "RoleBinding", "Job"}
+    for hook in hooks:
+        annotations = hook["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    (role,) = by_kind(hooks, "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"],
+         "resourceNames": ["release-eplb-operator"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]  # fmt: skip
+    (job,) = by_kind(hooks, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-1] == "eplb_operator.controller.stand_down"
+    assert "--deployment=release-eplb-operator" in container["args"]
+    assert by_kind(render("--set", "standDownOnUninstall=false"), "Job") == []

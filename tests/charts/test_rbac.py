@@ -15,7 +15,7 @@ from eplb_local.world import LocalKube, World
 from tests.operator.conftest import apply_offline, build_world, mapping_json, planned
 from tests.restart.rbac import RESTART_ACCESSES
 
-from .test_chart import by_kind, render
+from .test_chart import by_kind, release_objects, render
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "eplb-eplb-operator"  # the chart's ServiceAccount for the release `eplb`
@@ -79,10 +79,10 @@ def test_the_role_grants_exactly_what_a_real_operator_run_used(world: World) -> 
     assert not denied(world.kube.plane.audit_log, username)
     # What `helm template` renders is what was installed and used; cluster-wide, the one
     # difference is that kopf needs no namespace list to find every namespace.
-    cluster_wide = by_kind(render(), "ClusterRole")[0]
+    cluster_wide = by_kind(release_objects(render()), "ClusterRole")[0]
     cluster_wide_used = {a for a in used if a.resource != "namespaces"}
     assert granted(cluster_wide["rules"]) - RESTART_ACCESSES - SIDECAR_ACCESSES == cluster_wide_used
-    namespaced = render("--set", "operator.watchNamespaces={serving}")
+    namespaced = release_objects(render("--set", "operator.watchNamespaces={serving}"))
     rendered = {a for doc in by_kind(namespaced, "Role") + by_kind(namespaced, "ClusterRole")
                 for a in granted(doc["rules"])}  # fmt: skip
     assert rendered - RESTART_ACCESSES - SIDECAR_ACCESSES == used

@@ -83,6 +83,34 @@ async def get_placement(namespace: str, name: str) -> dict[str, Any] | None:
         return dict(obj)
 
 
+async def remove_placement_finalizer(namespace: str, name: str, finalizer: str) -> None:
+    """Take ``finalizer`` off an ExpertPlacement (one already gone: nothing to do).  The
+    resourceVersion makes it a compare-and-swap: a concurrent change is a 409, not lost."""
+    body = await get_placement(namespace, name)
+    if body is None:
+        return
+    meta = body["metadata"]
+    finalizers = meta.get("finalizers") or []
+    if finalizer not in finalizers:
+        return
+    patch = {
+        "metadata": {
+            "finalizers": [f for f in finalizers if f != finalizer],
+            "resourceVersion": meta["resourceVersion"],
+        }
+    }
+    async with await api_client() as api:
+        await client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            patch,
+            _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+        )
+
+
 async def update_placement_status(
     namespace: str,
     name: str,
