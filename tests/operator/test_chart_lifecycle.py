@@ -40,7 +40,7 @@ def test_upgrade_keeps_serving_and_uninstall_leaves_no_placement_stuck(world: Wo
         lambda: any(
             p["metadata"]["name"] != before and world._ready(p) for p in world.operator_pods()
         ),
-        180,
+        600,
         "the upgraded operator",
     )
     world.wait(lambda: FINALIZER in finalizers(world), 60, "the new operator's finalizer")
@@ -57,5 +57,7 @@ def test_upgrade_keeps_serving_and_uninstall_leaves_no_placement_stuck(world: Wo
         assert serves(world, target)  # the pods keep serving what was rolled out
     finally:
         world.install_operator()
-        world.wait(lambda: any(world._ready(p) for p in world.operator_pods()), 180,
+        # For the package's next test; a fresh operator imports torch and numba, which on a
+        # loaded two-core machine takes minutes.
+        world.wait(lambda: any(world._ready(p) for p in world.operator_pods()), 600,
                    "the reinstalled operator")  # fmt: skip
