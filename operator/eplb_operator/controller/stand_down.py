@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         stand_down(options.namespace, options.deployment, options.selector, options.timeout)
     )
     if not done:  # said, but the uninstall goes on: a hook must not make it impossible
-        print(f"stand_down: {options.deployment} still has pods after {options.timeout:g} s; "
-              f"ExpertPlacements may keep the eplb.io/operator finalizer", file=sys.stderr)  # fmt: skip
+        print(
+            f"stand_down: {options.deployment} still has pods after {options.timeout:g} s; "
+            f"ExpertPlacements may keep the eplb.io/operator finalizer",
+            file=sys.stderr,
+        )
     return 0
 
 
