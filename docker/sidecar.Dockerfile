@@ -24,4 +24,4 @@ RUN groupadd --system --gid 65532 eplb \
 USER 65532:65532
 EXPOSE 8470 9470 29470
 ENTRYPOINT ["eplb-sidecar"]
-CMD ["serve", "--table-dir=/dev/shm/eplb", "--token-file=/var/run/eplb/token/token"]
+CMD ["serve", "--table-dir=/dev/shm/eplb", "--auth=kubernetes"]

@@ -44,10 +44,29 @@ def serve_command(
         Path | None,
         typer.Option(help="Directory of the expert table (shared-memory emptyDir); source table."),
     ] = None,
+    auth: Annotated[
+        str,
+        typer.Option(
+            help="Who may call the control API: kubernetes (the operator's ServiceAccount "
+            "token, checked with a TokenReview and a SubjectAccessReview) or token-file "
+            "(--token-file; only for running without Kubernetes)."
+        ),
+    ] = "kubernetes",
     token_file: Annotated[
         Path | None,
-        typer.Option(help="Bearer token of the control API (a Secret); --source table."),
+        typer.Option(help="--auth token-file: the control API's bearer token."),
     ] = None,
+    audience: Annotated[
+        str, typer.Option(help="--auth kubernetes: the audience the caller's token must have.")
+    ] = "eplb-sidecar",
+    namespace: Annotated[
+        str,
+        typer.Option(
+            envvar="POD_NAMESPACE",
+            help="--auth kubernetes: the namespace the caller must be allowed to roll out "
+            "placements in (default: the pod's).",
+        ),
+    ] = "",
     source: Annotated[
         str,
         typer.Option(
@@ -124,32 +143,42 @@ def serve_command(
         _serve_source(source, stats_path, engine_url, placement_file, layer_ids, experts,
                       poll_seconds, bind, metrics_port, ports_file)  # fmt: skip
         return
-    from eplb_sidecar.runtime import SidecarOptions, run_sidecar
+    from eplb_sidecar.runtime import SidecarOptions, authenticator, run_sidecar
 
     if backend not in ("gloo", "nccl"):
         raise typer.BadParameter("must be gloo or nccl", param_hint="--backend")
-    if table_dir is None or token_file is None:
-        _fail("serve", "--source table needs --table-dir and --token-file")
+    if auth not in ("kubernetes", "token-file"):
+        _fail("serve", "--auth must be kubernetes or token-file")
+    if table_dir is None:
+        _fail("serve", "--source table needs --table-dir")
+    if auth == "token-file" and token_file is None:
+        _fail("serve", "--auth token-file needs --token-file")
     if not 1 <= ranks_per_pod <= MAX_RANKS_PER_POD:
         _fail("serve", f"--ranks-per-pod must be in 1..{MAX_RANKS_PER_POD}")
-    run_sidecar(
-        SidecarOptions(
-            table_dir=table_dir,
-            token_file=token_file,
-            pod=pod,
-            bind=bind,
-            control_port=control_port,
-            metrics_port=metrics_port,
-            transfer_port=transfer_port,
-            peer_transfers=peer_transfers,
-            backend=backend,  # type: ignore[arg-type]
-            checkpoint=checkpoint,
-            checkpoint_key=checkpoint_key,
-            wait_seconds=wait_seconds,
-            ports_file=ports_file,
-            ranks_per_pod=ranks_per_pod,
-        )
+    options = SidecarOptions(
+        table_dir=table_dir,
+        auth=auth,  # type: ignore[arg-type]
+        token_file=token_file,
+        audience=audience,
+        namespace=namespace,
+        pod=pod,
+        bind=bind,
+        control_port=control_port,
+        metrics_port=metrics_port,
+        transfer_port=transfer_port,
+        peer_transfers=peer_transfers,
+        backend=backend,  # type: ignore[arg-type]
+        checkpoint=checkpoint,
+        checkpoint_key=checkpoint_key,
+        wait_seconds=wait_seconds,
+        ports_file=ports_file,
+        ranks_per_pod=ranks_per_pod,
     )
+    try:
+        checker = authenticator(options)
+    except ValueError as error:
+        _fail("serve", str(error))
+    run_sidecar(options, checker)
 
 
 @app.command("engine")

@@ -206,7 +206,8 @@ class LocalGroup:
     def start_sidecar(self, pod: LocalPod, env: dict[str, str] | None = None) -> None:
         self._ports_file(pod, "sidecar").unlink(missing_ok=True)
         args = [
-            "serve", "--table-dir", str(pod.table_dir), "--token-file", str(self.token_file),
+            "serve", "--table-dir", str(pod.table_dir), "--auth", "token-file",
+            "--token-file", str(self.token_file),
             "--pod", pod.name, "--bind", "127.0.0.1",
             # A restarted container keeps its pod's ports (the Pod object names them).
             "--control-port", str(pod.control_port), "--metrics-port", str(pod.metrics_port),

@@ -5,22 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from aiohttp import web
 
+from eplb_sidecar.auth import (
+    DEFAULT_AUDIENCE,
+    SERVICE_ACCOUNT_DIR,
+    ApiServer,
+    Authenticator,
+    KubernetesAuth,
+    TokenFileAuth,
+)
 from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE, CheckpointReader
 from eplb_sidecar.contract.pod import PodTables
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.engine.server import ServedEngine, engine_app
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.server import TokenFile, control_app, metrics_app
+from eplb_sidecar.server import control_app, metrics_app
 from eplb_sidecar.shuffle import ShuffleExecutor
 from eplb_sidecar.sources.counters import ExpertCounters
 from eplb_sidecar.sources.serve import LoadSource, source_apps
@@ -28,12 +37,19 @@ from eplb_sidecar.transfer import Backend, PeerGroups
 
 log = logging.getLogger("eplb_sidecar")
 
+AuthMode = Literal["kubernetes", "token-file"]
+
 
 @dataclass(frozen=True)
 class SidecarOptions:
     table_dir: Path
-    token_file: Path
     pod: str
+    # token-file: a bearer token in this file (no Kubernetes); kubernetes: TokenReview for
+    # audience, SubjectAccessReview in namespace (eplb_sidecar.auth).
+    auth: AuthMode = "kubernetes"
+    token_file: Path | None = None
+    audience: str = DEFAULT_AUDIENCE
+    namespace: str = ""
     bind: str = "0.0.0.0"
     control_port: int = 8470
     metrics_port: int = 9470
@@ -83,20 +99,18 @@ async def _serve(
         await runner.cleanup()
 
 
-def run_sidecar(options: SidecarOptions) -> None:
-    """Attach to the engine's table (waiting for it) and serve until SIGTERM."""
-    if not options.token_file.is_file():
-        # Served anyway: /metrics keeps flowing, and the control API answers 503
-        # TokenUnavailable until the Secret appears (it is re-read on every call).
-        log.warning("token file %s does not exist (yet)", options.token_file)
-    token = TokenFile(options.token_file)
+def run_sidecar(options: SidecarOptions, auth: Authenticator | None = None) -> None:
+    """Attach to the engine's tables (waiting for them) and serve until SIGTERM; ``auth``
+    defaults to what ``options`` say (:func:`authenticator`)."""
+    if auth is None:
+        auth = authenticator(options)
     tables = PodTables.attach(options.table_dir, options.ranks_per_pod, options.wait_seconds)
     table = tables.tables[0]
     device = torch.device(table.layout.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # NCCL and staging use the engine's GPU
     peers = (
-        PeerGroups(options.bind, options.transfer_port, options.backend, token.current)
+        PeerGroups(options.bind, options.transfer_port, options.backend, auth.transfer_secret)
         if options.peer_transfers
         else None
     )
@@ -107,13 +121,35 @@ def run_sidecar(options: SidecarOptions) -> None:
     )
     executor = ShuffleExecutor(tables, options.pod, peers, checkpoint)
     metrics = SidecarMetrics(tables)
-    control = control_app(executor, metrics, token)
+    control = control_app(executor, metrics, auth)
     apps = [
         ("control", control, options.bind, options.control_port),
         ("metrics", metrics_app(metrics), options.bind, options.metrics_port),
     ]
     transfer = {"transfer": peers.port} if peers is not None else {}
     asyncio.run(_serve(apps, options.ports_file, transfer))
+
+
+def authenticator(options: SidecarOptions) -> Authenticator:
+    """Who may call the control API (see eplb_sidecar.auth); ValueError for bad options."""
+    if options.auth == "token-file":
+        if options.token_file is None:
+            raise ValueError("--auth token-file needs --token-file")
+        if not options.token_file.is_file():
+            # Served anyway: /metrics keeps flowing, and the control API answers 503
+            # TokenUnavailable until the file appears (it is re-read on every call).
+            log.warning("token file %s does not exist (yet)", options.token_file)
+        return TokenFileAuth(options.token_file)
+    server = ApiServer.in_cluster(dict(os.environ))
+    namespace = options.namespace
+    if not namespace:
+        try:
+            namespace = (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
+        except OSError as error:
+            raise ValueError(
+                f"--auth kubernetes needs --namespace (or POD_NAMESPACE): {error}"
+            ) from error
+    return KubernetesAuth(server, namespace, options.audience)
 
 
 def run_source_sidecar(

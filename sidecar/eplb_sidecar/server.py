@@ -1,19 +1,19 @@
 """The sidecar's HTTP servers: the authenticated control API and the open metrics port.
 
-Control port: ``/v1/*`` needs ``Authorization: Bearer <token>``, the token read from a file
-(a mounted Secret; re-read when the file changes, so rotation needs no restart).  Calls are
-serialized; the blocking work (transfers, copies) runs in a worker thread.  Metrics port:
-``/metrics`` and ``/healthz``, no token, so Prometheus and the kubelet need no secret.
+Control port: ``/v1/*`` needs ``Authorization: Bearer <token>``, checked by an
+:class:`~eplb_sidecar.auth.Authenticator` (the operator's ServiceAccount token reviewed by the
+API server, or a token file without Kubernetes).  Calls are serialized; the blocking work
+(transfers, copies) runs in a worker thread.  Metrics port: ``/metrics`` and ``/healthz``,
+no token, so Prometheus and the kubelet need no credential.
 
 Every refusal is a :class:`~eplb_sidecar.api.Problem` (JSON, a CamelCase reason) with a 4xx,
-or 503 while the pod cannot serve (no token file, engine busy, a peer gone): never an
+or 503 while the pod cannot serve (no answer on the token, engine busy, a peer gone): never an
 HTML error page, and never a 500 for anything a caller sends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import re
@@ -34,6 +34,7 @@ from eplb_sidecar.api import (
     Problem,
     largest_request_bytes,
 )
+from eplb_sidecar.auth import Authenticator, AuthError
 from eplb_sidecar.contract.layout import TableLayout
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
@@ -81,48 +82,9 @@ def body_limit(layout: TableLayout) -> int:
     return max(BODY_LIMIT_FLOOR, BODY_LIMIT_SLACK * largest)
 
 
-class TokenUnavailableError(RuntimeError):
-    """The token file is missing or unreadable: no call can be authenticated (503)."""
-
-
-class TokenFile:
-    """The bearer token in a file, re-read when its modification time changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mtime = -1.0
-        self._token = b""
-
-    def current(self) -> bytes:
-        """The token (empty when the file is); raises TokenUnavailableError without one.
-
-        A file that disappears stops the old token from working too: a deleted Secret
-        must not keep the API open.
-        """
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime != self._mtime:
-                self._token = self.path.read_bytes().strip()
-                self._mtime = mtime
-        except OSError as error:
-            self._mtime, self._token = -1.0, b""
-            log.warning("token file %s: %s", self.path, error)
-            raise TokenUnavailableError(
-                "the control API's token file is missing or unreadable (is the Secret "
-                "mounted?); retry later"
-            ) from error
-        return self._token
-
-    def matches(self, presented: bytes) -> bool:
-        token = self.current()
-        if not token:
-            return False  # an empty Secret must not open the API
-        return hmac.compare_digest(presented, token)
-
-
 EXECUTOR_KEY = web.AppKey("executor", ShuffleExecutor)
 METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
-TOKEN_KEY = web.AppKey("token", TokenFile)
+AUTH_KEY = web.AppKey("auth", Authenticator)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
 BODY_LIMIT_KEY = web.AppKey("body_limit", int)
 
@@ -173,16 +135,12 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
         return problem(401, "Unauthorized", "missing bearer token")
-    try:
-        credential = presented.encode("ascii")
-    except UnicodeEncodeError:
+    if not presented.isascii():
         return problem(401, "Unauthorized", "the bearer token is not ASCII")
     try:
-        accepted = request.app[TOKEN_KEY].matches(credential)
-    except TokenUnavailableError as error:
-        return problem(503, "TokenUnavailable", str(error))
-    if not accepted:
-        return problem(401, "Unauthorized", "wrong bearer token")
+        await request.app[AUTH_KEY].authenticate(presented)
+    except AuthError as refused:
+        return problem(refused.status, refused.reason, refused.message)
     return await handler(request)
 
 
@@ -265,13 +223,13 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def control_app(
-    executor: ShuffleExecutor, metrics: SidecarMetrics, token: TokenFile
+    executor: ShuffleExecutor, metrics: SidecarMetrics, auth: Authenticator
 ) -> web.Application:
     limit = body_limit(executor.table.layout)
     app = web.Application(middlewares=[problems_only, require_token], client_max_size=limit)
     app[EXECUTOR_KEY] = executor
     app[METRICS_KEY] = metrics
-    app[TOKEN_KEY] = token
+    app[AUTH_KEY] = auth
     app[BODY_LIMIT_KEY] = limit
     app[LOCK_KEY] = asyncio.Lock()
     app.add_routes(

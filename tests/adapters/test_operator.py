@@ -73,8 +73,7 @@ def test_the_operator_hot_swaps_a_real_model_without_changing_its_logits(
         "metadata": {"name": world.app},
         "spec": {
             "selector": {"matchLabels": {"app": world.app}},
-            "pods": {"tokenSecret": "eplb-sidecar-token",
-                     "rankLabel": "apps.kubernetes.io/pod-index"},
+            "pods": {"rankLabel": "apps.kubernetes.io/pod-index"},
             "model": {"layers": config.layers, "experts": config.experts},
             "topology": {"ranks": config.ranks, "slotsPerRank": config.slots_per_rank},
             "offline": {"configMapRef": {"name": "model-mapping"}},

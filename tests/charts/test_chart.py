@@ -25,9 +25,8 @@ NON_DEFAULT = [
     "--set", "networkPolicy.enabled=true",
     "--set", "networkPolicy.groups={replica-0,replica-1}",
     "--set", "networkPolicy.namespaces={serving}",
-    "--set", "operator.watchNamespace=serving",
-    "--set", "sidecar.token.value=s3cret",
-    "--set", "sidecar.token.namespaces={serving}",
+    "--set", "operator.watchNamespaces={serving,serving-b}",
+    "--set", "sidecar.auth.audience=eplb-sidecar-prod",
     "--set", "crds.keep=false",
 ]  # fmt: skip
 PROMETHEUS_OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
@@ -51,6 +50,11 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] == kind]
 
 
+def release_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The release's objects, without Helm hooks (the uninstall hook's Job and its RBAC)."""
+    return [d for d in docs if "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+
+
 @pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
 def test_the_chart_lints(values: list[str]) -> None:
     done = helm("lint", "--strict", *values)
@@ -65,8 +69,7 @@ def test_every_rendered_object_is_valid(values: list[str], tmp_path: Path) -> No
             continue  # no schema bundled for them: checked one by one below
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     kinds = {doc["kind"] for doc in docs}
-    assert {"Deployment", "ServiceAccount", "Secret", "Service",
-            "CustomResourceDefinition"} <= kinds  # fmt: skip
+    assert {"Deployment", "ServiceAccount", "Service", "CustomResourceDefinition"} <= kinds
     if values:
         assert PROMETHEUS_OPERATOR_KINDS | {"NetworkPolicy", "Role", "RoleBinding"} <= kinds
         rule = by_kind(docs, "PrometheusRule")[0]
@@ -123,10 +126,44 @@ def test_crds_are_installed_kept_or_left_out() -> None:
     assert crd["spec"] == generated["spec"]
 
 
-def test_the_token_secret_exists_in_every_serving_namespace() -> None:
-    secrets = by_kind(render(*NON_DEFAULT), "Secret")
-    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["eplb-system", "serving"]
-    assert len({s["data"]["token"] for s in secrets}) == 1
+def _reads_a_secret(doc: Any) -> list[str]:
+    """Where ``doc`` names a Secret: the kind, secret volumes, secretKeyRef / secretRef, or
+    RBAC rules on secrets."""
+    found: list[str] = []
+    if isinstance(doc, dict):
+        if doc.get("kind") == "Secret":
+            found.append(f"Secret {doc['metadata']['name']}")
+        for key, value in doc.items():
+            if key in ("secret", "secretKeyRef", "secretRef"):
+                found.append(f"{key}: {value}")
+            if key == "resources" and isinstance(value, list) and "secrets" in value:
+                found.append(f"rule on secrets: {doc}")
+            found += _reads_a_secret(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            found += _reads_a_secret(item)
+    return found
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
+def test_no_template_makes_or_reads_a_secret(values: list[str]) -> None:
+    docs = render(*values)
+    assert [where for doc in docs for where in _reads_a_secret(doc)] == []
+    # The operator proves itself with its own projected token for the sidecars' audience.
+    audience = "eplb-sidecar-prod" if values else "eplb-sidecar"
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    sources = [s for v in pod["volumes"] for s in v.get("projected", {}).get("sources", [])]
+    token = next(s["serviceAccountToken"] for s in sources if "serviceAccountToken" in s)
+    assert token["audience"] == audience
+    assert token["expirationSeconds"] >= 600
+    (operator,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    mount = next(m for m in operator["volumeMounts"] if m["name"] == "sidecar-token")
+    assert env["EPLB_SIDECAR_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
+    # The right the sidecars' SubjectAccessReview asks for is the operator's alone.
+    rules = by_kind(release_objects(docs), "Role" if values else "ClusterRole")[0]["rules"]
+    assert {"apiGroups": ["eplb.io"], "resources": ["expertplacements/rollout"],
+            "verbs": ["update"]} in rules  # fmt: skip
 
 
 def test_the_sidecar_library_chart_lints() -> None:
@@ -165,6 +202,7 @@ spec:
         app: vllm-ep
         {{- include "eplb-sidecar.podLabels" (dict "group" "replica-0") | nindent 8 }}
     spec:
+      serviceAccountName: {{ include "eplb-sidecar.serviceAccountName" $eplb }}
       containers:
         - name: vllm
           image: vllm/vllm-openai:v0.11.0
@@ -175,7 +213,24 @@ spec:
         {{- include "eplb-sidecar.volumes" $eplb | nindent 8 }}
 """
     )
+    (serving / "templates" / "eplb-rbac.yaml").write_text(
+        '{{- include "eplb-sidecar.rbac" (index .Subcharts "eplb-sidecar") }}\n'
+    )
     docs = render(chart=serving)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert [where for doc in docs for where in _reads_a_secret(doc)] == []
+    # The pods run as a ServiceAccount that may review tokens, and nothing more.
+    (account,) = by_kind(docs, "ServiceAccount")
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "system:auth-delegator",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "eplb-system"}]  # fmt: skip
+    assert binding["metadata"]["name"].endswith("-eplb-system-eplb-sidecar-auth")
     statefulset = by_kind(docs, "StatefulSet")[0]
     kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
     pod = statefulset["spec"]["template"]
@@ -183,7 +238,11 @@ spec:
     assert labels["eplb.io/sidecar"] == "true" and labels["eplb.io/group"] == "replica-0"
     assert "eplb.io/rank" not in labels  # ranks come from the workload, never one constant
     sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "eplb-sidecar")
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
     assert "--checkpoint=/models" in sidecar["args"]
+    assert {"--auth=kubernetes", "--audience=eplb-sidecar"} <= set(sidecar["args"])
+    namespace = next(e for e in sidecar["env"] if e["name"] == "POD_NAMESPACE")
+    assert namespace["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert sidecar["image"] == "ghcr.io/eplb-k8s/eplb-sidecar:0.1.0"
     engine = next(c for c in pod["spec"]["containers"] if c["name"] == "vllm")
     table = next(v for v in pod["spec"]["volumes"] if v["name"] == "eplb-table")
@@ -228,3 +287,83 @@ def test_the_log_level_reaches_the_operator(level: str, flag: str | None) -> Non
     deployment = by_kind(render("--set", f"operator.logLevel={level}"), "Deployment")[0]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert {"--verbose", "--quiet"} & set(args) == ({flag} if flag else set())
+
+
+def _open_to_anyone(policies: list[dict[str, Any]], protocol: str) -> set[int]:
+    """Ports of ``protocol`` the policies let any peer reach (rules without ``from``)."""
+    ports: set[int] = set()
+    for policy in policies:
+        for rule in policy["spec"]["ingress"]:
+            if "from" in rule:
+                continue
+            for port in rule["ports"]:
+                if port.get("protocol", "TCP") != protocol:
+                    continue
+                if "port" not in port:
+                    return set(range(1, 65536))
+                ports |= set(range(port["port"], port.get("endPort", port["port"]) + 1))
+    return ports
+
+
+@pytest.mark.parametrize("groups", [[], ["--set", "networkPolicy.groups={replica-0}"]],
+                         ids=["any-sidecar", "per-group"])  # fmt: skip
+def test_network_policies_close_only_the_sidecars_ports(groups: list[str]) -> None:
+    docs = render("--set", "networkPolicy.enabled=true", "--set", "sidecar.controlPort=9000",
+                  *groups)  # fmt: skip
+    policies = by_kind(docs, "NetworkPolicy")
+    for policy in policies:
+        kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+        assert policy["spec"]["podSelector"]["matchLabels"]["eplb.io/sidecar"] == "true"
+    # The engine's serving port, NCCL's and gloo's ports, anything but the sidecar's: open,
+    # as if no policy selected the pod.  Control and transfer: only from whom they serve.
+    assert _open_to_anyone(policies, "TCP") == set(range(1, 65536)) - {9000, 29470}
+    assert _open_to_anyone(policies, "UDP") == set(range(1, 65536))
+    control = [
+        rule for policy in policies for rule in policy["spec"]["ingress"]
+        if {"port": 9000, "protocol": "TCP"} in rule.get("ports", [])
+    ]  # fmt: skip
+    assert len(control) == 1 and len(control[0]["from"]) == 1
+    assert "app.kubernetes.io/name" in control[0]["from"][0]["podSelector"]["matchLabels"]
+    done = helm("template", "--set", "networkPolicy.enabled=true", "--set",
+                "sidecar.metricsPort=8470")  # fmt: skip
+    assert done.returncode != 0 and "must differ" in done.stderr
+
+
+def test_watched_namespaces_get_roles_and_kopf_flags_not_cluster_wide_reads() -> None:
+    docs = release_objects(render("--set", "operator.watchNamespaces={serving-a,serving-b}"))
+    roles, bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["serving-a", "serving-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["serving-a", "serving-b"]
+    assert roles[0]["rules"] == roles[1]["rules"]
+    # Cluster-wide, only what kopf cannot read per namespace.
+    (cluster,) = by_kind(docs, "ClusterRole")
+    assert {r for rule in cluster["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces"}  # fmt: skip
+    (operator,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    flags = [a for a in operator["args"] if a.startswith(("--namespace", "--all-namespaces"))]
+    assert flags == ["--namespace=serving-a", "--namespace=serving-b"]
+    # Empty: every namespace, one ClusterRole with the same rules as each Role.
+    everywhere = release_objects(render())
+    assert by_kind(everywhere, "Role") == []
+    (cluster_wide,) = by_kind(everywhere, "ClusterRole")
+    assert cluster_wide["rules"][: len(roles[0]["rules"])] == roles[0]["rules"]
+
+
+def test_uninstall_first_stands_the_operator_down_with_rights_for_that_alone() -> None:
+    hooks = [d for d in render() if d not in release_objects(render())]
+    assert {d["kind"] for d in hooks} == {"ServiceAccount", "Role", "RoleBinding", "Job"}
+    for hook in hooks:
+        annotations = hook["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    (role,) = by_kind(hooks, "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"],
+         "resourceNames": ["release-eplb-operator"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]  # fmt: skip
+    (job,) = by_kind(hooks, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-1] == "eplb_operator.controller.stand_down"
+    assert "--deployment=release-eplb-operator" in container["args"]
+    assert by_kind(render("--set", "standDownOnUninstall=false"), "Job") == []

@@ -15,10 +15,13 @@ from eplb_local.world import LocalKube, World
 from tests.operator.conftest import apply_offline, build_world, mapping_json, planned
 from tests.restart.rbac import RESTART_ACCESSES
 
-from .test_chart import by_kind, render
+from .test_chart import by_kind, release_objects, render
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "eplb-eplb-operator"  # the chart's ServiceAccount for the release `eplb`
+# Granted, never requested: what the sidecars' SubjectAccessReview asks of their caller
+# (tests/operator/test_sidecar_auth checks that a caller without it is refused).
+SIDECAR_ACCESSES = {Access("eplb.io", "expertplacements/rollout", "update")}
 
 
 @pytest.fixture
@@ -67,7 +70,7 @@ def test_the_role_grants_exactly_what_a_real_operator_run_used(world: World) -> 
     username = f"system:serviceaccount:{world.namespace}:{ACCOUNT}"
     used = accesses(world.kube.plane.audit_log, username)
     # Restart rollouts' rights (workloads, start-up file ConfigMaps): tests/restart uses them.
-    installed = live_rules(world) - RESTART_ACCESSES
+    installed = live_rules(world) - RESTART_ACCESSES - SIDECAR_ACCESSES
     used -= RESTART_ACCESSES
     assert installed == used, (
         f"granted but unused: {sorted(installed - used)}; "
@@ -76,13 +79,14 @@ def test_the_role_grants_exactly_what_a_real_operator_run_used(world: World) -> 
     assert not denied(world.kube.plane.audit_log, username)
     # What `helm template` renders is what was installed and used; cluster-wide, the one
     # difference is that kopf needs no namespace list to find every namespace.
-    cluster_wide = by_kind(render(), "ClusterRole")[0]
+    cluster_wide = by_kind(release_objects(render()), "ClusterRole")[0]
     cluster_wide_used = {a for a in used if a.resource != "namespaces"}
-    assert granted(cluster_wide["rules"]) - RESTART_ACCESSES == cluster_wide_used
-    namespaced = render("--set", "operator.watchNamespace=serving")
+    assert granted(cluster_wide["rules"]) - RESTART_ACCESSES - SIDECAR_ACCESSES == cluster_wide_used
+    namespaced = release_objects(render("--set", "operator.watchNamespaces={serving}"))
     rendered = {a for doc in by_kind(namespaced, "Role") + by_kind(namespaced, "ClusterRole")
                 for a in granted(doc["rules"])}  # fmt: skip
-    assert rendered - RESTART_ACCESSES == used
+    assert rendered - RESTART_ACCESSES - SIDECAR_ACCESSES == used
+    assert not any(a.resource == "secrets" for a in used | rendered)  # the operator reads none
 
 
 def test_a_permission_taken_away_is_a_condition_and_an_event_not_a_crash(world: World) -> None:

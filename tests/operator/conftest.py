@@ -32,7 +32,7 @@ RANK_LABEL = "apps.kubernetes.io/pod-index"  # the StatefulSet ordinal is the EP
 def spec(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "selector": {"matchLabels": {"app": APP}},
-        "pods": {"tokenSecret": "eplb-sidecar-token", "rankLabel": RANK_LABEL},
+        "pods": {"rankLabel": RANK_LABEL},
         "model": {"layers": CONFIG.layers, "experts": CONFIG.experts},
         "topology": {"ranks": CONFIG.ranks, "slotsPerRank": CONFIG.slots_per_rank},
         "rollout": {"layersPerStep": 2, "barrierTimeoutSeconds": 5},

@@ -39,7 +39,7 @@ def manifests(phy2log: torch.Tensor, paused: bool = False) -> str:
         d for d in yaml.safe_load_all(render(doc, "expertplacement", APP)) if d
     ]
     placement["spec"]["selector"] = {"matchLabels": {"app": APP}}
-    placement["spec"]["pods"] = {"tokenSecret": "eplb-sidecar-token", "rankLabel": RANK_LABEL}
+    placement["spec"]["pods"] = {"rankLabel": RANK_LABEL}
     placement["spec"]["rollout"] = {
         "layersPerStep": 2,
         "barrierTimeoutSeconds": 5,

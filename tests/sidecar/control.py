@@ -15,12 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
+from eplb_sidecar.auth import TokenFileAuth
 from eplb_sidecar.checkpoint import CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.server import TokenFile, control_app
+from eplb_sidecar.server import control_app
 from eplb_sidecar.shuffle import ShuffleExecutor
 
 TOKEN = "s3cret-token"
@@ -99,7 +100,7 @@ async def control_server(
     executor = ShuffleExecutor(table, "pod-0", None, checkpoint)
     token_file = directory / "token"
     token_file.write_text(TOKEN)
-    app = control_app(executor, SidecarMetrics(table), TokenFile(token_file))
+    app = control_app(executor, SidecarMetrics(table), TokenFileAuth(token_file))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

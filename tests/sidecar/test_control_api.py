@@ -132,7 +132,7 @@ async def test_a_non_utf8_authorization_header_is_401(pod: ControlServer) -> Non
 async def test_a_missing_token_file_is_503_until_it_appears(pod: ControlServer) -> None:
     assert (await pod.request("GET", "/v1/info")).status == 200
     pod.token_file.unlink()
-    assert_problem(await pod.request("GET", "/v1/info"), 503, "TokenUnavailable", "Secret")
+    assert_problem(await pod.request("GET", "/v1/info"), 503, "TokenUnavailable", "token file")
     pod.token_file.write_text("s3cret-token\n")
     os.utime(pod.token_file, (1, 1))  # whatever its time, a file that reappears is read
     assert (await pod.request("GET", "/v1/info")).status == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eplb_sidecar.server import TokenFile
+from eplb_sidecar.auth import TokenFile
 
 
 def test_the_token_file_is_re_read_when_the_secret_rotates(tmp_path: Path) -> None:

@@ -53,3 +53,41 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{- /*
+The operator's rights in a namespace it watches (a Role there, or the ClusterRole when it
+watches every namespace).  Least privilege: exactly the verbs and resources the operator
+uses (kopf's watching and Events included); tests/charts checks this list against the
+requests a real operator run makes, so it cannot drift from the code.
+*/ -}}
+{{- define "eplb-operator.rules" -}}
+- apiGroups: [eplb.io]
+  resources: [expertplacements]
+  verbs: [get, list, watch, patch]
+- apiGroups: [eplb.io]
+  resources: [expertplacements/status]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [controllerrevisions]
+  verbs: [list, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+# Not a request the operator makes: what the sidecars' SubjectAccessReview asks of the
+# caller of their control API (eplb_sidecar.auth).  No subresource of that name is served;
+# whoever holds this right may move the experts of this namespace's serving pods.
+- apiGroups: [eplb.io]
+  resources: [expertplacements/rollout]
+  verbs: [update]
+# Offline mappings (get); Restart rollouts: the engines' start-up file of each revision.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, delete]
+# Restart rollouts: the serving workloads, whose pod template gets each revision.
+- apiGroups: [apps]
+  resources: [statefulsets, deployments]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

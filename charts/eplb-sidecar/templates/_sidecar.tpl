@@ -6,6 +6,7 @@ the subchart's context `$eplb := index .Subcharts "eplb-sidecar"`:
     labels:
       {{- include "eplb-sidecar.podLabels" (dict "group" "replica-0") | nindent 6 }}
   spec:
+    serviceAccountName: {{ include "eplb-sidecar.serviceAccountName" $eplb }}
     containers:
       - name: vllm
         volumeMounts:
@@ -14,11 +15,65 @@ the subchart's context `$eplb := index .Subcharts "eplb-sidecar"`:
     volumes:
       {{- include "eplb-sidecar.volumes" $eplb | nindent 6 }}
 
+and once, in a template of its own: {{ include "eplb-sidecar.rbac" $eplb }} (the pods'
+ServiceAccount and its right to ask the API server about the operator's token).
+
 Ranks are not labels: the ExpertPlacement takes them from the workload (a StatefulSet's
 apps.kubernetes.io/pod-index, or a LeaderWorkerSet's worker index: spec.pods.rankFrom). The
 engine writes its expert table under tableDir, one per local rank in tableDir/local-k when
 ranksPerPod > 1 (docs/engine-contract.md).
 */}}
+{{/*
+The control API accepts the operator's projected ServiceAccount token (audience
+auth.audience): the sidecar checks it with a TokenReview and a SubjectAccessReview (verb
+update on expertplacements/rollout in group eplb.io, which only the operator's role grants).
+Its own ServiceAccount may create those reviews, and nothing else: the built-in ClusterRole
+system:auth-delegator, bound once per release and namespace. No Secret.
+*/}}
+{{- define "eplb-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (printf "%s-eplb-sidecar" .Release.Name | trunc 63 | trimSuffix "-") .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "eplb-sidecar.rbac" -}}
+{{- $account := include "eplb-sidecar.serviceAccountName" . }}
+{{- if .Values.serviceAccount.create }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{ $account }}
+  namespace: {{ .Release.Namespace }}
+  labels:
+    app.kubernetes.io/name: eplb-sidecar
+    app.kubernetes.io/instance: {{ .Release.Name }}
+    app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+{{- if .Values.rbac.create }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  # Cluster-scoped: the namespace in the name keeps releases of two namespaces apart.
+  name: {{ printf "%s-%s-eplb-sidecar-auth" .Release.Name .Release.Namespace | trunc 63 | trimSuffix "-" }}
+  labels:
+    app.kubernetes.io/name: eplb-sidecar
+    app.kubernetes.io/instance: {{ .Release.Name }}
+    app.kubernetes.io/managed-by: {{ .Release.Service }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:auth-delegator
+subjects:
+  - kind: ServiceAccount
+    name: {{ $account }}
+    namespace: {{ .Release.Namespace }}
+{{- end }}
+{{- end -}}
+
 {{- define "eplb-sidecar.podLabels" -}}
 eplb.io/sidecar: "true"
 eplb.io/group: {{ .group | quote }}
@@ -41,7 +96,8 @@ eplb.io/group: {{ .group | quote }}
     {{- if eq .Values.source "table" }}
     - serve
     - --table-dir={{ .Values.tableDir }}
-    - --token-file=/var/run/eplb/token/token
+    - --auth=kubernetes
+    - --audience={{ .Values.auth.audience }}
     - --control-port={{ .Values.controlPort }}
     - --metrics-port={{ .Values.metricsPort }}
     - --transfer-port={{ .Values.transferPort }}
@@ -57,6 +113,10 @@ eplb.io/group: {{ .group | quote }}
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
+    - name: POD_NAMESPACE  # where the caller must be allowed to roll out placements
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -86,9 +146,6 @@ eplb.io/group: {{ .group | quote }}
     {{- if eq .Values.source "table" }}
     - name: eplb-table
       mountPath: {{ .Values.tableDir }}
-    - name: eplb-token
-      mountPath: /var/run/eplb/token
-      readOnly: true
     {{- else }}
     {{- include "eplb-sidecar.sourceMounts" . | nindent 4 }}
     {{- end }}
@@ -105,9 +162,6 @@ eplb.io/group: {{ .group | quote }}
   emptyDir:
     medium: Memory
     sizeLimit: {{ .Values.tableSizeLimit }}
-- name: eplb-token
-  secret:
-    secretName: {{ .Values.tokenSecretName }}
 {{- else }}
 - name: eplb-stats
   emptyDir: {}

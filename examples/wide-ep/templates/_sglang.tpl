@@ -10,6 +10,7 @@ metadata:
     app.kubernetes.io/name: {{ .root.Release.Name }}
     eplb.io/sidecar: "true"
 spec:
+  serviceAccountName: {{ include "eplb-sidecar.serviceAccountName" $eplb }}
   securityContext:
     fsGroup: 65532  # the sidecar's group: the engine's tables and step locks are 0660
   containers:

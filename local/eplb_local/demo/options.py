@@ -15,7 +15,6 @@ from eplb_sidecar.engine.config import EngineConfig, Workload
 NAMESPACE = "eplb-demo"
 APP = "sandbox-moe"
 NAME = "sandbox"
-TOKEN_SECRET = "eplb-sidecar-token"
 MAX_PODS = 16  # two processes each on a laptop's cores
 
 
@@ -149,8 +148,7 @@ def placement_manifest(
         "selector": {"matchLabels": {"app": APP}},
         # The StatefulSet is the EP group, its ordinal the pod's index: pod i hosts ranks
         # i*ranksPerPod … (i+1)*ranksPerPod-1.
-        "pods": {"tokenSecret": TOKEN_SECRET, "rankFrom": "StatefulSetOrdinal",
-                 "ranksPerPod": options.ranks_per_pod},
+        "pods": {"rankFrom": "StatefulSetOrdinal", "ranksPerPod": options.ranks_per_pod},
         "model": {"name": "sandbox/reference-moe", "layers": options.layers,
                   "experts": options.experts},
         "topology": {"ranks": options.ranks, "redundantExperts": options.redundant},

@@ -40,7 +40,7 @@ IMAGES: dict[str, LocalImage] = {
     ),
     "ghcr.io/eplb-k8s/eplb-sidecar": LocalImage(
         ["eplb-sidecar"],
-        ["serve", "--table-dir=/dev/shm/eplb", "--token-file=/var/run/eplb/token/token"],
+        ["serve", "--table-dir=/dev/shm/eplb", "--auth=kubernetes"],
         (65532, 65532),
         "eplb",
     ),

@@ -10,7 +10,6 @@ the way an operator of a cluster would, or from the node agent's files for the p
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -47,7 +46,8 @@ OPERATOR_RELEASE = "eplb"
 SERVING_RELEASE = "moe"
 CHECKPOINT_MOUNT = "/models/reference"
 FAULTS_MOUNT = "/var/run/eplb-faults"
-TOKEN_SECRET = "eplb-sidecar-token"
+OPERATOR_ACCOUNT = "eplb-eplb-operator"  # the chart's ServiceAccount for release OPERATOR_RELEASE
+SIDECAR_AUDIENCE = "eplb-sidecar"  # both charts' default sidecar auth audience
 
 
 class Discovery(Periodic):
@@ -161,8 +161,7 @@ class World:
         chosen = _merge(
             {
                 "crds": {"install": False},
-                "operator": {"watchNamespace": self.namespace, "recheckSeconds": 1},
-                "sidecar": {"token": {"secretName": TOKEN_SECRET}},
+                "operator": {"watchNamespaces": [self.namespace], "recheckSeconds": 1},
             },
             self.operator_values,
             values,
@@ -193,7 +192,6 @@ class World:
             "faults": True,
             "eplb-sidecar": {
                 "ranksPerPod": self.ranks_per_pod,
-                "tokenSecretName": TOKEN_SECRET,
                 "checkpointPath": CHECKPOINT_MOUNT,
                 "extraEnv": [{"name": "EPLB_SIDECAR_FAULT_FILE",
                               "value": f"{FAULTS_MOUNT}/fault"}],
@@ -375,12 +373,24 @@ class World:
             for url in pod.engine_urls:
                 _post(f"{url}/v1/workload", body)
 
-    def sidecar_token(self) -> str:
-        """The control API's bearer token (the chart's Secret)."""
-        secret = self.kube.api_checked().checked(
-            "GET", f"/api/v1/namespaces/{self.namespace}/secrets/{TOKEN_SECRET}"
+    def service_account_token(
+        self, account: str, audience: str = SIDECAR_AUDIENCE, seconds: int = 600
+    ) -> str:
+        """A token of ServiceAccount ``account`` of this namespace for ``audience``, from the
+        TokenRequest API (what the kubelet projects into a pod that runs as it)."""
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": seconds},
+        }
+        reply = self.kube.api_checked().checked(
+            "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token", request
         )
-        return base64.b64decode(secret["data"]["token"]).decode()
+        return str(reply["status"]["token"])
+
+    def sidecar_token(self) -> str:
+        """A token the sidecars accept: the operator's ServiceAccount's, for their audience."""
+        return self.service_account_token(OPERATOR_ACCOUNT)
 
     def sidecar_info(self, pod_name: str) -> dict[str, Any]:
         """The sidecar's ``GET /v1/info``, asked as the operator asks it."""

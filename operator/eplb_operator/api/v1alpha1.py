@@ -132,10 +132,6 @@ class PodsSpec(ApiModel):
         description="Port of the sidecar's rendezvous store for peer weight transfers "
         "(annotation eplb.io/transfer-port overrides it).",
     )
-    token_secret: str | None = Field(
-        default=None,
-        description="Secret (key 'token') with the sidecar control API's bearer token.",
-    )
 
 
 # Rules of the model shape (``self`` is spec.model): the API server evaluates them (CEL), and

@@ -3,8 +3,15 @@
 One daemon per ExpertPlacement runs :class:`Reconciler` passes: after each pass it sleeps
 until the pass's next due time, or until a spec change wakes it.  One task per object
 means a placement is never reconciled twice at once.  Run one operator replica (kopf has
-no leader election): the chart uses a single-replica Deployment with the Recreate
-strategy.
+no leader election, and this module adds none yet): the chart uses a single-replica
+Deployment with the Recreate strategy.
+
+The finalizer (``eplb.io/operator``, which kopf puts on every object a daemon serves) is
+held only while an operator runs: at exit, once kopf's watches and daemons have stopped,
+:func:`release_finalizers` takes it off every placement this process served.  Otherwise
+uninstalling the operator (the CRD is kept) would leave every ExpertPlacement undeletable;
+with no operator running there is nothing for a finalizer to wait for.  The next operator
+puts it back when it starts serving the object.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from eplb_operator.controller.metrics import METRICS
 from eplb_operator.controller.reconcile import RECHECK_SECONDS, PlacementMemo, Reconciler
 
 METRICS_PORT = int(os.environ.get("EPLB_METRICS_PORT", "8080"))
+FINALIZER = "eplb.io/operator"
+# (namespace, name) of the placements whose daemon runs in this process.
+SERVED: set[tuple[str, str]] = set()
 
 
 @kopf.on.login()
@@ -36,7 +46,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Keep kopf's bookkeeping in annotations: the status belongs to the API.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="eplb.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="eplb.io")
-    settings.persistence.finalizer = "eplb.io/operator"
+    settings.persistence.finalizer = FINALIZER
     settings.posting.level = 30  # warnings and errors from the log become Events too
     if METRICS_PORT:
         METRICS.serve(METRICS_PORT)
@@ -73,6 +83,7 @@ async def reconcile_loop(
 
     reconciler = Reconciler(namespace, name, state, emit)
     failures = 0  # passes in a row that the API refused
+    SERVED.add((namespace, name))
     while not stopped:
         try:
             delay = await reconciler.run()
@@ -95,3 +106,14 @@ async def reconcile_loop(
         state.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wake.wait(), timeout=delay)
+
+
+@kopf.on.cleanup()
+async def release_finalizers(logger: kopf.Logger, **_: Any) -> None:
+    """At exit (kopf runs this after its watches and daemons stopped, so nothing puts the
+    finalizer back): take ours off every placement served, so none is stuck without us."""
+    for namespace, name in sorted(SERVED):
+        try:
+            await kube.remove_placement_finalizer(namespace, name, FINALIZER)
+        except kube.ApiException as error:  # e.g. a 409: the next operator sorts it out
+            logger.warning(f"{namespace}/{name}: finalizer kept: {error.status} {error.reason}")

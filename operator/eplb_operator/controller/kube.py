@@ -6,7 +6,6 @@ annotations and Events aside), so its RBAC can be read off one file.
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Callable
 from typing import Any
@@ -62,15 +61,6 @@ async def get_pod(namespace: str, name: str) -> dict[str, Any] | None:
             raise
 
 
-async def read_secret_key(namespace: str, name: str, key: str) -> str:
-    async with await api_client() as api:
-        secret = await client.CoreV1Api(api).read_namespaced_secret(name, namespace)
-        data = secret.data or {}
-        if key not in data:
-            raise KeyError(f"secret {name} has no key {key!r}")
-        return base64.b64decode(data[key]).decode().strip()
-
-
 async def read_config_map_key(namespace: str, name: str, key: str) -> str:
     async with await api_client() as api:
         config_map = await client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
@@ -91,6 +81,34 @@ async def get_placement(namespace: str, name: str) -> dict[str, Any] | None:
                 return None
             raise
         return dict(obj)
+
+
+async def remove_placement_finalizer(namespace: str, name: str, finalizer: str) -> None:
+    """Take ``finalizer`` off an ExpertPlacement (one already gone: nothing to do).  The
+    resourceVersion makes it a compare-and-swap: a concurrent change is a 409, not lost."""
+    body = await get_placement(namespace, name)
+    if body is None:
+        return
+    meta = body["metadata"]
+    finalizers = meta.get("finalizers") or []
+    if finalizer not in finalizers:
+        return
+    patch = {
+        "metadata": {
+            "finalizers": [f for f in finalizers if f != finalizer],
+            "resourceVersion": meta["resourceVersion"],
+        }
+    }
+    async with await api_client() as api:
+        await client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            patch,
+            _content_type=MERGE_PATCH,  # type: ignore[call-arg]
+        )
 
 
 async def update_placement_status(

@@ -61,9 +61,21 @@ from eplb_operator.placement import PlanOptions, plan
 from eplb_sidecar.client import SidecarClient, SidecarError
 
 RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
-TOKEN_FILE = os.environ.get("EPLB_SIDECAR_TOKEN_FILE", "")
 # After an abort, how long before the same target is tried again (a slow pod recovers).
 RETRY_AFTER_ABORT_SECONDS = min(30.0, RECHECK_SECONDS * 5)
+# The operator's projected ServiceAccount token for the sidecars' audience (the chart mounts
+# it); re-read on every pass, since the kubelet rotates it.  No Secret: see eplb_sidecar.auth.
+TOKEN_FILE = os.environ.get("EPLB_SIDECAR_TOKEN_FILE", "/var/run/secrets/eplb.io/sidecar/token")
+
+
+def sidecar_token() -> str:
+    """The token the operator presents to sidecars (OSError when it is missing or empty)."""
+    with open(TOKEN_FILE) as handle:
+        token = handle.read().strip()
+    if not token:
+        raise OSError(f"{TOKEN_FILE} is empty")
+    return token
+
 
 Emit = Callable[[str, str, str], None]  # (Normal|Warning, reason, message) → an Event
 Conditions = dict[str, tuple[ConditionStatus, str, str]]
@@ -125,9 +137,11 @@ class Reconciler:
             return await self._degraded("PodsNotReady", f"pods {found.not_ready} have no IP yet")
         groups = found.groups
         try:
-            token = await self._token(spec)
-        except (KeyError, OSError, kube.ApiException) as error:
-            return await self._degraded("InvalidSpec", f"sidecar token: {error}")
+            token = sidecar_token()
+        except OSError as error:
+            return await self._degraded(
+                "TokenUnavailable", f"the operator's sidecar token: {error}"
+            )
         clients = {
             pod.name: SidecarClient(pod.control_url, token)
             for members in groups.values()
@@ -491,14 +505,6 @@ class Reconciler:
             await kube.delete_revision(self.namespace, name)
 
     # -- reporting -------------------------------------------------------------------------
-    async def _token(self, spec: ExpertPlacementSpec) -> str:
-        if spec.pods.token_secret:
-            return await kube.read_secret_key(self.namespace, spec.pods.token_secret, "token")
-        if TOKEN_FILE:
-            with open(TOKEN_FILE) as handle:
-                return handle.read().strip()
-        raise KeyError("set spec.pods.tokenSecret (or EPLB_SIDECAR_TOKEN_FILE for the operator)")
-
     async def degraded(self, reason: str, message: str) -> float:
         """Degraded=True for ``reason`` (from outside a pass: an API refusal)."""
         return await self._degraded(reason, message)
