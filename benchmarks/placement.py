@@ -31,7 +31,7 @@ from rich.progress import track
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import peers, report
 from benchmarks.peers import VLLM_VERSION, vllm_policy
-from benchmarks.report import table
+from benchmarks.report import previous_section, table
 from eplb_operator.formats.stats import read_stats
 from eplb_operator.placement import PlanOptions, Topology, plan, rebalance, views
 from eplb_operator.workloads import drift, drifting_windows, zipf_load
@@ -315,21 +315,6 @@ def machine() -> str:
 
 def load_average() -> str:
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-PREVIOUS_MARKER = "<!-- previous figures: kept across runs, edit by hand -->"
-
-
-def previous_section(path: Path) -> str:
-    """The figures of an earlier version, for comparison: the section after
-    ``PREVIOUS_MARKER`` of ``path``; on the first run, all of ``path``'s tables."""
-    if not path.exists():
-        return ""
-    text = path.read_text()
-    if PREVIOUS_MARKER in text:
-        return text[text.index(PREVIOUS_MARKER) :].rstrip() + "\n"
-    body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
-    return f"{PREVIOUS_MARKER}\n## Previous figures (before this run's version)\n{body}"
 
 
 def main() -> None:
