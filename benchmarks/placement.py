@@ -387,7 +387,8 @@ def main() -> None:
                 f"## One-shot `eplb plan` (DeepSeek-V3 example, `eplb plan "
                 f"{' '.join(a if '/' not in a else Path(a).name for a in ONE_SHOT_ARGS)} "
                 f"--output … --summary-json`; medians of {args.one_shot_runs} runs; phases "
-                "timed in a separate fresh process)\n\n" + table(["phase", "time"], one_shot),
+                "timed in a separate fresh process)\n\n"
+                + table(["phase", "as run here", "with cached bytecode"], one_shot),
             ]
         )
         + "\n"

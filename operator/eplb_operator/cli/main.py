@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 
-import click
 import typer
+from typer import _click as click  # typer 0.29 vendors click: its types, not the package's
 from typer.core import TyperGroup
 
 from eplb_operator import __version__
