@@ -31,7 +31,7 @@ from rich.progress import track
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import peers, report
 from benchmarks.peers import VLLM_VERSION, vllm_policy
-from benchmarks.report import table
+from benchmarks.report import previous_section, table
 from eplb_core.formats.stats import read_stats
 from eplb_operator.placement import PlanOptions, Topology, plan, rebalance, views
 from eplb_operator.workloads import drift, drifting_windows, zipf_load
@@ -317,21 +317,6 @@ def load_average() -> str:
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-PREVIOUS_MARKER = "<!-- previous figures: kept across runs, edit by hand -->"
-
-
-def previous_section(path: Path) -> str:
-    """The figures of an earlier version, for comparison: the section after
-    ``PREVIOUS_MARKER`` of ``path``; on the first run, all of ``path``'s tables."""
-    if not path.exists():
-        return ""
-    text = path.read_text()
-    if PREVIOUS_MARKER in text:
-        return text[text.index(PREVIOUS_MARKER) :].rstrip() + "\n"
-    body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
-    return f"{PREVIOUS_MARKER}\n## Previous figures (before this run's version)\n{body}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -402,7 +387,8 @@ def main() -> None:
                 f"## One-shot `eplb plan` (DeepSeek-V3 example, `eplb plan "
                 f"{' '.join(a if '/' not in a else Path(a).name for a in ONE_SHOT_ARGS)} "
                 f"--output … --summary-json`; medians of {args.one_shot_runs} runs; phases "
-                "timed in a separate fresh process)\n\n" + table(["phase", "time"], one_shot),
+                "timed in a separate fresh process)\n\n"
+                + table(["phase", "as run here", "with cached bytecode"], one_shot),
             ]
         )
         + "\n"

@@ -31,3 +31,18 @@ def machine() -> str:
         f"{platform.machine()} {cpu_name()}, {torch.get_num_threads()} torch threads{gpu}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
     )
+
+
+PREVIOUS_MARKER = "<!-- previous figures: kept across runs, edit by hand -->"
+
+
+def previous_section(path: Path) -> str:
+    """The figures of an earlier version, for comparison: the section after
+    ``PREVIOUS_MARKER`` of ``path``; on the first run, all of ``path``'s tables."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    if PREVIOUS_MARKER in text:
+        return text[text.index(PREVIOUS_MARKER) :].rstrip() + "\n"
+    body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
+    return f"{PREVIOUS_MARKER}\n## Previous figures (before this run's version)\n{body}"

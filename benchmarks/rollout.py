@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import machine, table
+from benchmarks.report import machine, previous_section, table
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
@@ -42,36 +46,98 @@ from eplb_sidecar.engine.weights import expert_weights
 from eplb_sidecar.launch import LocalGroup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.md"
+MODELLED_SIDECARS = [8, 64, 256]
+START_SECONDS = 900
 
 
-def barrier_rounds(sidecars: int, rounds: int) -> tuple[float, float, float]:
-    """Median, p90 and max seconds of a no-data prepare+commit round over ``sidecars``."""
+@dataclass(frozen=True)
+class BarrierCost:
+    """A no-data barrier round over ``sidecars``: wall seconds, and CPU seconds per round of
+    one sidecar (its idle CPU over the same time subtracted) and of the operator's client
+    per sidecar."""
+
+    sidecars: int
+    median: float
+    p90: float
+    worst: float
+    sidecar_cpu: float
+    operator_cpu_per_sidecar: float
+
+    def modelled(self, sidecars: int) -> float:
+        """Wall seconds of a round at ``sidecars``, each on cores of its own (a cluster):
+        the operator's fan-out, one core's worth of work per sidecar, then the slowest
+        sidecar's own work (they run side by side).  Network latency (two round trips, well
+        under a millisecond in a cluster) is left out."""
+        return sidecars * self.operator_cpu_per_sidecar + self.sidecar_cpu
+
+
+@contextmanager
+def started(config: EngineConfig) -> Iterator[LocalGroup]:
+    """Sidecars of ``config`` without engines, started and stopped at the end; many
+    processes starting at once on a shared 2-core machine take longer than the launcher's
+    default wait."""
+    with tempfile.TemporaryDirectory() as workdir:
+        group = LocalGroup(config, Path(workdir), serve_engines=False)
+        try:
+            yield group.start(timeout=START_SECONDS)
+        finally:
+            group.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def barrier_rounds(sidecars: int, rounds: int) -> BarrierCost:
+    """Wall time and CPU of no-data prepare+commit rounds over ``sidecars`` processes."""
     config = EngineConfig(ranks=sidecars, layers=4, experts=sidecars, slots_per_rank=2,
                           hidden=8, intermediate=8)  # fmt: skip
     rows = identity_placement(config)
-    with tempfile.TemporaryDirectory() as workdir:
-        group = LocalGroup(config, Path(workdir), serve_engines=False)
-        with group:
+    warm_up_rounds = 2  # the first rounds open connections
+    with started(config) as group:
+        pids = [pod.sidecar.pid for pod in group.pods if pod.sidecar is not None]
 
-            async def run() -> list[float]:
-                clients = [SidecarClient(pod.control_url, group.token) for pod in group.pods]
-                samples = []
-                for revision in range(1, rounds + 1):
-                    prepare = PrepareRequest(
-                        revision=revision, layers={layer: rows[layer].tolist() for layer in (0, 1)}
-                    )
-                    commit = CommitRequest(revision=revision, layers=[0, 1])
-                    started = time.perf_counter()
-                    await asyncio.gather(*(c.prepare(prepare) for c in clients))
-                    await asyncio.gather(*(c.commit(commit) for c in clients))
-                    samples.append(time.perf_counter() - started)
-                for client in clients:
-                    await client.close()
-                return samples[2:]  # the first rounds open connections
+        def sidecars_cpu() -> float:
+            return sum(cpu_seconds(pid) for pid in pids)
 
-            samples = asyncio.run(run())
+        async def run() -> tuple[list[float], float, float]:
+            clients = [SidecarClient(pod.control_url, group.token) for pod in group.pods]
+            samples = []
+            for revision in range(1, rounds + warm_up_rounds + 1):
+                if revision == warm_up_rounds + 1:
+                    operator_before, sidecars_before = time.process_time(), sidecars_cpu()
+                prepare = PrepareRequest(
+                    revision=revision, layers={layer: rows[layer].tolist() for layer in (0, 1)}
+                )
+                commit = CommitRequest(revision=revision, layers=[0, 1])
+                started = time.perf_counter()
+                await asyncio.gather(*(c.prepare(prepare) for c in clients))
+                await asyncio.gather(*(c.commit(commit) for c in clients))
+                samples.append(time.perf_counter() - started)
+            operator = time.process_time() - operator_before
+            busy = sidecars_cpu() - sidecars_before
+            # What the sidecars burn anyway (their event loops, metrics), over as long.
+            idle_before, idle_started = sidecars_cpu(), time.perf_counter()
+            await asyncio.sleep(sum(samples[warm_up_rounds:]))
+            idle = (sidecars_cpu() - idle_before) * (
+                sum(samples[warm_up_rounds:]) / (time.perf_counter() - idle_started)
+            )
+            for client in clients:
+                await client.close()
+            return samples[warm_up_rounds:], operator, max(0.0, busy - idle)
+
+        samples, operator, sidecar = asyncio.run(run())
     ordered = sorted(samples)
-    return statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))], ordered[-1]
+    return BarrierCost(
+        sidecars,
+        statistics.median(ordered),
+        ordered[int(0.9 * (len(ordered) - 1))],
+        ordered[-1],
+        sidecar / (rounds * len(pids)),
+        operator / (rounds * sidecars),
+    )
 
 
 def full_rollout(pods: int, layers: int, layers_per_step: int) -> dict[str, float]:
@@ -81,75 +147,49 @@ def full_rollout(pods: int, layers: int, layers_per_step: int) -> dict[str, floa
     topology = Topology.from_redundant(experts, pods, pods * slots - experts, 4, 8)
     target = plan(zipf_load(layers, experts, 1.0, seed=11), topology,
                   previous=identity_placement(config)).placement  # fmt: skip
-    with tempfile.TemporaryDirectory() as workdir:
-        group = LocalGroup(config, Path(workdir), serve_engines=False)
-        with group:
-            groups = local_endpoints(group)
+    with started(config) as group:
+        groups = local_endpoints(group)
 
-            async def alive(pod: PodEndpoint) -> bool:
-                return True
+        async def alive(pod: PodEndpoint) -> bool:
+            return True
 
-            async def run() -> tuple[float, list[float], int]:
-                clients = {pod.name: SidecarClient(pod.control_url, group.token)
-                           for pod in group.pods}  # fmt: skip
-                rollout = Rollout(
-                    groups, clients, 1, target,
-                    RolloutOptions(layers_per_step=layers_per_step, barrier_timeout=60,
-                                   progress_deadline=600),
-                    pod_alive=alive,
-                )  # fmt: skip
-                started = time.perf_counter()
-                report = await rollout.run()
-                total = time.perf_counter() - started
-                for client in clients.values():
-                    await client.close()
-                stalls = [b.prepare_seconds + b.commit_seconds for b in report.batches]
-                return total, stalls, report.moves
+        async def run() -> tuple[float, list[float], int]:
+            clients = {pod.name: SidecarClient(pod.control_url, group.token)
+                       for pod in group.pods}  # fmt: skip
+            rollout = Rollout(
+                groups, clients, 1, target,
+                RolloutOptions(layers_per_step=layers_per_step, barrier_timeout=60,
+                               progress_deadline=600),
+                pod_alive=alive,
+            )  # fmt: skip
+            started = time.perf_counter()
+            report = await rollout.run()
+            total = time.perf_counter() - started
+            for client in clients.values():
+                await client.close()
+            stalls = [b.prepare_seconds + b.commit_seconds for b in report.batches]
+            return total, stalls, report.moves
 
-            total, stalls, moves = asyncio.run(run())
-            for pod in track(group.pods, description="checking every slot"):
-                view = ExpertTable.attach(pod.table_dir)
-                assert torch.equal(view.routing, target), f"{pod.name} serves another placement"
-                local = view.local_placement()
-                for layer in range(layers):
-                    for slot in range(slots):
-                        want = expert_weights(view.layout.weights, config.seed, layer,
-                                              int(local[layer, slot]))  # fmt: skip
-                        for name, value in want.items():
-                            assert torch.equal(view.weights[name][layer, slot], value), (
-                                f"{pod.name} layer {layer} slot {slot} holds the wrong expert"
-                            )
+        total, stalls, moves = asyncio.run(run())
+        for pod in track(group.pods, description="checking every slot"):
+            view = ExpertTable.attach(pod.table_dir)
+            assert torch.equal(view.routing, target), f"{pod.name} serves another placement"
+            local = view.local_placement()
+            for layer in range(layers):
+                for slot in range(slots):
+                    want = expert_weights(view.layout.weights, config.seed, layer,
+                                          int(local[layer, slot]))  # fmt: skip
+                    for name, value in want.items():
+                        assert torch.equal(view.weights[name][layer, slot], value), (
+                            f"{pod.name} layer {layer} slot {slot} holds the wrong expert"
+                        )
     return {"total": total, "largest": max(stalls), "median": statistics.median(stalls),
             "batches": len(stalls), "moves": moves}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sidecars", type=int, nargs="+", default=[8, 32, 64])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--pods", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=61)
-    parser.add_argument("--layers-per-step", type=int, default=4)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
-
-    rows = []
-    for count in track(args.sidecars, description="barrier rounds"):
-        median, p90, worst = barrier_rounds(count, args.rounds)
-        rows.append([str(count), f"{median * 1e3:.1f}", f"{p90 * 1e3:.1f}", f"{worst * 1e3:.1f}",
-                     "yes" if median < 0.1 else "no"])  # fmt: skip
-    full = full_rollout(args.pods, args.layers, args.layers_per_step)
-    command = "python benchmarks/rollout.py " + shlex.join(sys.argv[1:])
-    report = (
-        "# Rollout control plane\n\n"
-        f"Command: `{command.strip()}`  \nMachine: {machine()}\n\n"
-        "Sidecars are real processes on this machine (the tables are published by the "
-        "benchmark; nothing serves tokens), driven over HTTP with the operator's client.\n\n"
-        f"## Barrier round: prepare + commit on every sidecar, no data ({args.rounds} rounds)\n\n"
-        + table(["sidecars", "median ms", "p90 ms", "max ms", "< 100 ms"], rows)
-        + f"\n\n## Full rollout: {args.pods} pods, {args.layers} layers, 256 experts, "
+def full_section(args: argparse.Namespace, full: dict[str, float]) -> str:
+    return (
+        f"## Full rollout: {args.pods} pods, {args.layers} layers, 256 experts, "
         f"9 slots per rank, {args.layers_per_step} layers per barrier\n\n"
         + table(
             ["total s", "batches", "slots moved", "median batch s", "largest batch s", "< 10 s"],
@@ -160,14 +200,73 @@ def main() -> None:
                     str(int(full["moves"])),
                     f"{full['median']:.3f}",
                     f"{full['largest']:.3f}",
-                    "yes" if full["total"] < 10 else "no",
+                    "yes" if full["total"] < 10 else "**no**",
                 ]
             ],
         )
         + "\n\nEvery slot of every pod was checked against its expert's weights afterwards.\n"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sidecars", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--pods", type=int, default=32, help="0: no full rollout")
+    parser.add_argument("--layers", type=int, default=61)
+    parser.add_argument("--layers-per-step", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    costs = [
+        barrier_rounds(count, args.rounds)
+        for count in track(args.sidecars, description="barrier rounds")
+    ]
+    rows = [[str(c.sidecars), f"{c.median * 1e3:.1f}", f"{c.p90 * 1e3:.1f}",
+             f"{c.worst * 1e3:.1f}", f"{c.sidecar_cpu * 1e3:.2f}",
+             f"{c.operator_cpu_per_sidecar * 1e3:.2f}"] for c in costs]  # fmt: skip
+    # The model from the largest run (the most samples per sidecar).
+    basis = costs[-1]
+    modelled = [[str(n), f"{basis.modelled(n) * 1e3:.1f}",
+                 ("yes" if basis.modelled(n) < 0.1 else "**no**") if n == 64 else "–"]
+                for n in MODELLED_SIDECARS]  # fmt: skip
+    command = "python benchmarks/rollout.py " + shlex.join(sys.argv[1:])
+    report = (
+        "# Rollout control plane\n\n"
+        f"Command: `{command.strip()}`  \nMachine: {machine()}\n\n"
+        "Sidecars are real processes on this machine (the tables are published by the "
+        "benchmark; nothing serves tokens), driven over HTTP with the operator's client.\n\n"
+        f"## Barrier round: prepare + commit on every sidecar, no data ({args.rounds} rounds)\n\n"
+        "Wall time on this machine (every process on its 2 shared cores), and CPU per round: "
+        "of one sidecar (mean over the sidecars, their idle CPU over as long subtracted) and "
+        "of the operator's client per sidecar (HTTP, JSON, the asyncio loop).\n\n"
+        + table(
+            [
+                "sidecars",
+                "median ms",
+                "p90 ms",
+                "max ms",
+                "sidecar CPU-ms / round",
+                "operator CPU-ms / sidecar",
+            ],
+            rows,
+        )
+        + f"\n\nModelled wall time on a cluster (every sidecar on cores of its own): "
+        f"sidecars × operator CPU-ms per sidecar + one sidecar's CPU-ms, from the "
+        f"{basis.sidecars}-sidecar run; network latency left out. Goal: < 100 ms at 64.\n\n"
+        + table(["sidecars", "modelled ms", "< 100 ms"], modelled)
+        + "\n\n"
+        + (
+            full_section(args, full_rollout(args.pods, args.layers, args.layers_per_step))
+            if args.pods
+            else ""
+        )
+    )
+    previous = previous_section(args.output)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
+    args.output.write_text(report + ("\n" + previous if previous else ""))
     print(report)
 
 

@@ -174,7 +174,7 @@ class Rollout:
 
     # -- planning a batch ------------------------------------------------------------------
     def _plan_batch(self, batch: list[int], states: dict[str, Info]) -> list[_PodWork]:
-        work: list[_PodWork] = []
+        work: dict[str, _PodWork] = {}  # by pod name: a lookup per (layer, pod), not a scan
         for members in self.groups.values():
             for layer in batch:
                 target = self.rows[layer]
@@ -185,12 +185,9 @@ class Rollout:
                 for pod in members.values():
                     if rows[pod.name] == target:
                         continue
-                    share = next((w for w in work if w.pod.name == pod.name), None)
-                    if share is None:
-                        share = _PodWork(pod)
-                        work.append(share)
+                    share = work.setdefault(pod.name, _PodWork(pod))
                     (share.with_group if agree else share.alone)[layer] = target
-        return work
+        return list(work.values())
 
     # -- one batch -------------------------------------------------------------------------
     async def _run_batch(
