@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import yaml
 
+from eplb_local.kube.binaries import cache_root
 from eplb_local.node.volumes import memory_dir
 from eplb_local.world.kube import REPOSITORY, LocalKube
 from eplb_local.world.periodic import Periodic
@@ -161,7 +162,13 @@ class World:
         chosen = _merge(
             {
                 "crds": {"install": False},
-                "operator": {"watchNamespaces": [self.namespace], "recheckSeconds": 1},
+                "operator": {
+                    "watchNamespaces": [self.namespace],
+                    "recheckSeconds": 1,
+                    "compileCache": {
+                        "hostPath": {"path": str(compile_cache()), "type": "Directory"}
+                    },
+                },
             },
             self.operator_values,
             values,
@@ -538,3 +545,13 @@ def _post(url: str, body: bytes) -> bytes:
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return bytes(response.read())
+
+
+def compile_cache() -> Path:
+    """The operator pods' numba cache, shared by every world of this machine (outside the
+    checkout, like the binaries): a new operator pod (a test restarts it, a new world)
+    loads the placement kernels instead of compiling them again, tens of seconds of CPU."""
+    path = cache_root() / "numba"
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o1777)  # the operator runs as an unprivileged user; sticky, like /tmp
+    return path
