@@ -26,7 +26,7 @@ VARIANTS = ["vllm-statefulset", "sglang-leaderworkerset"]
 pytestmark = pytest.mark.slow
 
 
-def render(tmp_path: Path, variant: str) -> list[dict[str, Any]]:
+def render(tmp_path: Path, variant: str, namespace: str) -> list[dict[str, Any]]:
     chart = tmp_path / "wide-ep"
     shutil.copytree(EXAMPLE, chart)
     # What `helm dependency update` does with the file:// dependency.
@@ -36,7 +36,8 @@ def render(tmp_path: Path, variant: str) -> list[dict[str, Any]]:
     lint = subprocess.run([helm, "lint", "--strict", str(chart), *values],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    done = subprocess.run([helm, "template", "deepseek-v3", str(chart), *values],
+    done = subprocess.run([helm, "template", "deepseek-v3", str(chart), "--namespace", namespace,
+                           *values],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
@@ -64,7 +65,7 @@ def dry_run(kube: LocalKube, namespace: str, docs: list[dict[str, Any]]) -> None
 def test_example_renders_eight_ranks_per_pod_and_the_api_server_accepts_it(
     variant: str, tmp_path: Path, kube: LocalKube, namespace: str
 ) -> None:
-    docs = render(tmp_path, variant)
+    docs = render(tmp_path, variant, namespace)
     (placement,) = [d for d in docs if d["kind"] == "ExpertPlacement"]
     model = v1alpha1.ExpertPlacement.model_validate(placement)
     assert model.spec.pods.ranks_per_pod == 8
@@ -109,7 +110,7 @@ def test_example_renders_eight_ranks_per_pod_and_the_api_server_accepts_it(
 def test_leaderworkerset_pods_as_the_controller_labels_them_form_groups(tmp_path: Path) -> None:
     """What the operator makes of the pods the LeaderWorkerSet controller would create from
     this example: two groups of two pods, pod i hosting ranks 8i … 8i+7."""
-    docs = render(tmp_path, "sglang-leaderworkerset")
+    docs = render(tmp_path, "sglang-leaderworkerset", "serving")
     (placement,) = [d for d in docs if d["kind"] == "ExpertPlacement"]
     spec = v1alpha1.ExpertPlacementSpec.model_validate(placement["spec"])
     pods = [
