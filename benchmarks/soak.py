@@ -301,13 +301,14 @@ class Driver:
 
 
 async def soak(group: LocalGroup, rebalances: int, kill_every: int, seed: int,
-               window_seconds: int, log: bool) -> Soak:  # fmt: skip
+               window_seconds: int, log: bool, max_minutes: float) -> Soak:  # fmt: skip
     rng = random.Random(seed)
     driver = Driver(group, rng, window_seconds)
-    result = Soak(usage_start=usage(group))
+    result = Soak()
     started = time.monotonic()
+    deadline = started + max_minutes * 60
     shift = 0
-    while result.rebalances < rebalances:
+    while result.rebalances < rebalances and time.monotonic() < deadline:
         shift += 1
         target = await driver.next_target(shift)
         if target is None:
@@ -325,7 +326,9 @@ async def soak(group: LocalGroup, rebalances: int, kill_every: int, seed: int,
         if not torch.equal(served, target):
             problems.append("the group does not serve the rolled-out target")
         result.violations += [f"rebalance {result.rebalances}: {p}" for p in problems]
-        if log and result.rebalances % 50 == 0:
+        if result.rebalances == 1:  # after warm-up: the planner's kernels, first sessions
+            result.usage_start = usage(group)
+        if log and result.rebalances % 10 == 0:
             print(f"{result.rebalances} rebalances, {sum(result.faults.values())} faults, "
                   f"{len(result.violations)} violations, {time.monotonic() - started:.0f} s",
                   flush=True)  # fmt: skip
@@ -335,7 +338,7 @@ async def soak(group: LocalGroup, rebalances: int, kill_every: int, seed: int,
 
 
 def run(rebalances: int, kill_every: int, seed: int = 0, window_seconds: int = 1,
-        log: bool = False) -> Soak:  # fmt: skip
+        log: bool = False, max_minutes: float = 600.0) -> Soak:  # fmt: skip
     """A whole soak on a fresh local group."""
     with tempfile.TemporaryDirectory() as workdir:
         config = soak_config()
@@ -345,7 +348,9 @@ def run(rebalances: int, kill_every: int, seed: int = 0, window_seconds: int = 1
         group = LocalGroup(config, Path(workdir) / "pods", checkpoint=checkpoint)
         group.start(START_TIMEOUT)
         try:
-            return asyncio.run(soak(group, rebalances, kill_every, seed, window_seconds, log))
+            return asyncio.run(
+                soak(group, rebalances, kill_every, seed, window_seconds, log, max_minutes)
+            )
         finally:
             group.stop()
 
@@ -391,7 +396,8 @@ def report(result: Soak, command: str) -> str:
             ],
         ),
         "",
-        f"Memory and descriptors of processes alive from start to end (bound: "
+        f"Memory and descriptors after the first rebalance (warm-up) and at the end, of "
+        f"processes alive throughout (bound: "
         f"+{RSS_GROWTH_BOUND >> 20} MiB RSS, +{FD_GROWTH_BOUND} fds):",
         "",
         table(["process", "RSS start MiB", "RSS end MiB", "fds start", "fds end"], usage_rows),
@@ -409,9 +415,12 @@ def main() -> None:
     parser.add_argument("--rebalances", type=int, default=1000)
     parser.add_argument("--kill-every", type=int, default=10, help="rebalances per fault")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=600.0, help="stop early then")
     parser.add_argument("--no-write", action="store_true", help="print, not results/soak.md")
     args = parser.parse_args()
-    result = run(args.rebalances, args.kill_every, args.seed, log=True)
+    result = run(
+        args.rebalances, args.kill_every, args.seed, log=True, max_minutes=args.max_minutes
+    )
     command = "python benchmarks/soak.py " + shlex.join(sys.argv[1:])
     text = report(result, command.strip())
     print(text)
