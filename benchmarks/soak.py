@@ -308,13 +308,16 @@ async def soak(group: LocalGroup, rebalances: int, kill_every: int, seed: int,
     started = time.monotonic()
     deadline = started + max_minutes * 60
     shift = 0
+    upcoming: list[str] = []
     while result.rebalances < rebalances and time.monotonic() < deadline:
         shift += 1
         target = await driver.next_target(shift)
         if target is None:
             continue
         due = kill_every > 0 and (result.rebalances + 1) % kill_every == 0
-        fault = rng.choice(COMPONENTS) if due else None
+        if due and not upcoming:  # every kind once per round, in a random order
+            upcoming = rng.sample(COMPONENTS, len(COMPONENTS))
+        fault = upcoming.pop() if due else None
         moves, attempts = await driver.roll_out(target, fault)
         result.rebalances += 1
         result.moves += moves
@@ -416,7 +419,8 @@ def main() -> None:
     parser.add_argument("--kill-every", type=int, default=10, help="rebalances per fault")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-minutes", type=float, default=600.0, help="stop early then")
-    parser.add_argument("--no-write", action="store_true", help="print, not results/soak.md")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the report's file")
+    parser.add_argument("--no-write", action="store_true", help="print, not write, the report")
     args = parser.parse_args()
     result = run(
         args.rebalances, args.kill_every, args.seed, log=True, max_minutes=args.max_minutes
@@ -425,7 +429,7 @@ def main() -> None:
     text = report(result, command.strip())
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        args.output.write_text(text)
     if result.violations or result.growth_problems():
         sys.exit(1)
 

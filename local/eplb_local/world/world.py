@@ -240,8 +240,8 @@ class World:
         """Back to a just-started world without reinstalling anything (cheaper than a new
         one: the operator, Prometheus and the releases stay): no ExpertPlacement and so no
         revisions (owned: the garbage collector takes them), no ConfigMap a test made, no
-        fault armed, no Events, the operator running, and fresh serving pods: each engine back on its
-        start-up placement at revision 0 with its default workload."""
+        fault armed, no Events, the operator running, and fresh serving pods: each engine
+        back on its start-up placement at revision 0 with its default workload."""
         if not any(self._ready(p) for p in self.operator_pods()):
             self.scale_operator(1)  # a test scaled it down or it is restarting
         api = self.kube.api_checked()
