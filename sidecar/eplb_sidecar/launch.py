@@ -142,12 +142,12 @@ class LocalGroup:
         if self.transformers is not None:
             return merge_logits(
                 [
-                    LogitsProbe.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
+                    LogitsProbe.model_validate_json(post(f"{pod.engine_url}/v1/probe", body))
                     for pod in self.pods
                 ]
             )
         parts = [
-            ProbePart.model_validate_json(_post(f"{pod.engine_url}/v1/probe", body))
+            ProbePart.model_validate_json(post(f"{pod.engine_url}/v1/probe", body))
             for pod in self.pods
         ]
         return merge_probe_parts(parts)
@@ -155,7 +155,7 @@ class LocalGroup:
     def set_workload(self, **changes: object) -> None:
         body = json.dumps(changes).encode()
         for pod in self.pods:
-            _post(f"{pod.engine_url}/v1/workload", body)
+            post(f"{pod.engine_url}/v1/workload", body)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> LocalGroup:
@@ -268,7 +268,7 @@ class LocalGroup:
     ) -> None:
         self.stop()
 
-    def restart_pod(self, pod: LocalPod) -> LocalPod:
+    def restart_pod(self, pod: LocalPod, timeout: float = 120.0) -> LocalPod:
         """The pod deleted and created again: both processes, a fresh table, new ports."""
         if self.transformers is not None:
             # Like vLLM's and SGLang's EP groups, the engines' process group is fixed at start.
@@ -283,7 +283,7 @@ class LocalGroup:
         self.pods[self.pods.index(pod)] = fresh
         self.start_engine(fresh)
         self.start_sidecar(fresh)
-        self.wait_ready()
+        self.wait_ready(timeout)
         return fresh
 
     def _spawn(
@@ -302,7 +302,8 @@ class LocalGroup:
             )
 
 
-def _post(url: str, body: bytes) -> bytes:
+def post(url: str, body: bytes) -> bytes:
+    """POST a JSON body; the answer's body."""
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )

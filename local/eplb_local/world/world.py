@@ -515,9 +515,19 @@ class World:
                 return
             time.sleep(0.25)
         raise AssertionError(
-            f"timed out waiting for {what or check}\noperator log tail:\n"
-            f"{self.operator_log()[-3000:]}"
+            f"timed out waiting for {what or check}\nplacements: {self._placements_brief()}\n"
+            f"operator log tail:\n{self.operator_log()[-3000:]}"
         )
+
+    def _placements_brief(self) -> str:
+        """Each ExpertPlacement's uid, generation and status (what a timed-out wait saw)."""
+        reply = self.kube.api_checked().get(self.xpl)
+        return json.dumps([
+            {"name": p["metadata"]["name"], "uid": p["metadata"]["uid"],
+             "generation": p["metadata"].get("generation"),
+             "finalizers": p["metadata"].get("finalizers"), "status": p.get("status")}
+            for p in reply.body.get("items", [])
+        ])  # fmt: skip
 
 
 def _merge(*layers: dict[str, Any]) -> dict[str, Any]:

@@ -176,7 +176,7 @@ class Reconciler:
                     f"pod {pod_name} serves (layers, experts, ranks, slots per rank, ranks per "
                     f"pod) {shape}; the spec says {wanted}",
                 )
-        served = _most_common_rows(
+        served = most_common_rows(
             [torch.tensor(info.placement) for info in states.values() if info.placement]
         )
         # Revision numbers stay above what any pod serves, so that a placement deleted and
@@ -564,7 +564,7 @@ class Reconciler:
         return max(0.5, min(RECHECK_SECONDS, self.memo.next_online - time.monotonic()))
 
 
-def _most_common_rows(placements: list[torch.Tensor]) -> torch.Tensor:
+def most_common_rows(placements: list[torch.Tensor]) -> torch.Tensor:
     """``[L, P]``: per layer, the row most pods serve (what the group agrees on)."""
     rows = []
     for layer in range(placements[0].shape[0]):
