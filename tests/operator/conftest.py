@@ -5,9 +5,7 @@ apply and check DESIGN.md §5."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,34 +107,14 @@ def build_world(
         world.stop()
 
 
-@dataclass
-class SharedWorld:
-    world: World
-    used: bool = False  # a test has run on it: reset it before the next
-
-
-@pytest.fixture(scope="package")
-def shared_world(
-    kube: LocalKube, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SharedWorld]:
-    """One world for the whole package (starting one costs ~20 s of two cores), Prometheus
-    included; each test gets it back as new through :func:`world`."""
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
-    workdir = tmp_path_factory.mktemp("world")
-    for world in build_world(kube, workdir, namespace, with_prometheus=True):
-        yield SharedWorld(world)
+@pytest.fixture
+def world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
+    # A world per test: one shared by the package and reset between tests (World.reset, tried
+    # in commit 5488af8) left a re-created placement's first pass undone for a minute, cause
+    # not found yet (see the closing note of that stop).
+    yield from build_world(kube, tmp_path, namespace, with_prometheus=False)
 
 
 @pytest.fixture
-def world(shared_world: SharedWorld) -> World:
-    """The package's world as just started: World.reset undoes what an earlier test did
-    (placements, revisions, ConfigMaps, faults, a scaled-down operator; fresh pods)."""
-    if shared_world.used:
-        shared_world.world.reset()
-    shared_world.used = True
-    return shared_world.world
-
-
-@pytest.fixture
-def world_with_prometheus(world: World) -> World:
-    return world
+def world_with_prometheus(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
+    yield from build_world(kube, tmp_path, namespace, with_prometheus=True)

@@ -257,38 +257,6 @@ class World:
         with contextlib.suppress(AssertionError):
             self.wait(lambda: not self._pod_objects(""), 60, "the namespace's pods to go")
 
-    def reset(self, timeout: float = 180.0) -> None:
-        """Back to a just-started world without reinstalling anything (cheaper than a new
-        one: the operator, Prometheus and the releases stay): no ExpertPlacement and so no
-        revisions (owned: the garbage collector takes them), no ConfigMap a test made, no
-        fault armed, no Events, the operator running, and fresh serving pods: each engine
-        back on its start-up placement at revision 0 with its default workload."""
-        if not any(self._ready(p) for p in self.operator_pods()):
-            self.scale_operator(1)  # a test scaled it down or it is restarting
-        api = self.kube.api_checked()
-        for placement in api.get(self.xpl).body.get("items", []):
-            api.delete(f"{self.xpl}/{placement['metadata']['name']}")
-        self.wait(lambda: not api.get(self.xpl).body.get("items"), 60, "placements to go")
-        configmaps = f"/api/v1/namespaces/{self.namespace}/configmaps"
-        for configmap in api.get(configmaps).body.get("items", []):
-            meta = configmap["metadata"]
-            from_helm = (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") == "Helm"
-            if not (from_helm or meta.get("ownerReferences") or meta["name"].startswith("kube-")):
-                api.delete(f"{configmaps}/{meta['name']}")
-        self.wait(lambda: self.revisions() == [], 60, "the garbage collector to take revisions")
-        # What the last test was told (Events of placements of the same name) is not this one's.
-        api.delete(f"/api/v1/namespaces/{self.namespace}/events")
-        old = self.pods()
-        for pod in old:
-            self.clear(pod)
-        pods = f"/api/v1/namespaces/{self.namespace}/pods"
-        for pod in old:
-            api.delete(f"{pods}/{pod.name}?gracePeriodSeconds=0")
-        replaced = {pod.uid for pod in old}
-        self.wait(lambda: not replaced & {p.uid for p in self.pods()}, 60, "the old pods to go")
-        self.wait_ready(timeout)
-        self.started = time.monotonic()
-
     def stop_host_processes(self) -> None:
         """Stop what runs beside the cluster (Prometheus and its target discovery); enough
         when the whole cluster stops next, its node taking every pod with it."""
