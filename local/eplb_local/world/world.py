@@ -165,8 +165,10 @@ class World:
                 "operator": {
                     "watchNamespaces": [self.namespace],
                     "recheckSeconds": 1,
+                    # None drops the chart's default emptyDir (Helm's way to unset a value).
                     "compileCache": {
-                        "hostPath": {"path": str(compile_cache()), "type": "Directory"}
+                        "emptyDir": None,
+                        "hostPath": {"path": str(compile_cache()), "type": "Directory"},
                     },
                 },
             },
