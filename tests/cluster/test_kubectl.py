@@ -75,8 +75,15 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl, api: Api, namespace: st
     table = kubectl("get", "xpl")
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()[:2]
-    assert header.split() == ["NAME", "READY", "PHASE", "BALANCEDNESS", "REVISION", "LAYERS", "AGE"]
-    assert row.split()[:6] == ["sandbox", "True", "Ready", "0.97", "sandbox-3", "8"]
+    assert header.split() == [
+        "NAME", "READY", "PHASE", "RANKS", "PER-POD", "BALANCEDNESS", "REVISION", "LAYERS", "AGE"
+    ]  # fmt: skip
+    # 4 ranks (topology.ranks), 1 per pod (spec.pods defaulted by the API server).
+    assert row.split()[:8] == ["sandbox", "True", "Ready", "4", "1", "0.97", "sandbox-3", "8"]
+    wide = kubectl("get", "xpl", "-o", "wide")
+    assert wide.returncode == 0, wide.stderr
+    header, row = wide.stdout.splitlines()[:2]
+    assert "RANK-FROM" in header.split() and "Label" in row.split()
 
 
 def write(tmp_path: Path, manifest: dict[str, object]) -> str:
