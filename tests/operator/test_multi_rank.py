@@ -129,14 +129,18 @@ def test_skewed_load_on_pods_of_two_ranks_is_rebalanced_online(multi_rank_world:
     """Online: the operator reads each pod's slots (both local ranks' counters) from the
     sidecars, plans and rolls out; every rank serves the new revision."""
     world = multi_rank_world
-    if world.kube.api_checked().get(world.xpl).body.get("items"):
-        world.reset(timeout=600)  # the test before left its placement
+    api = world.kube.api_checked()
+    # The test before left its placement (and the engines on its revision): this one is
+    # another incarnation over the same pods.
+    for item in api.get(world.xpl).body.get("items", []):
+        api.delete(f"{world.xpl}/{item['metadata']['name']}")
+    world.wait(lambda: not api.get(world.xpl).body.get("items"), 120, "the placement to go")
     expected = world.probe()
     body = spec(online={"intervalSeconds": 10, "windowSeconds": 10, "minGainPermille": 20})
     body["spec"]["pods"].pop("rankLabel", None)
     body["spec"]["pods"].update({"rankFrom": "StatefulSetOrdinal", "ranksPerPod": RANKS_PER_POD})
     world.settle(10)  # a whole window of skewed load
-    world.kube.api_checked().checked("POST", world.xpl, body)
+    api.checked("POST", world.xpl, body)
     # The first plan in a fresh operator pod compiles the placement kernels (numba): minutes
     # on a loaded machine.
     world.wait(lambda: world.status().get("currentRevision") == f"{APP}-1", 900,

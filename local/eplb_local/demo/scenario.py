@@ -27,6 +27,7 @@ from eplb_operator.report.recording import LoadSample, Recording, RolloutRecord
 POLL_SECONDS = 0.25
 SAMPLE_SECONDS = 1.0
 NOW_SECONDS = 3.0  # the live view's "now" column
+ROLLOUT_SECONDS = 90.0  # how long a rollout under way may take, operator restarts included
 
 
 class Sampler(Periodic):
@@ -187,7 +188,7 @@ class Demo:
     def _wait_for(
         self, done: Callable[[], bool], deadline: float, what: str
     ) -> RolloutRecord | None:
-        while time.time() < deadline:
+        while time.time() < self._extended(deadline):
             self._tick()
             if done():
                 return self.watch.completed()[-1]
@@ -195,6 +196,15 @@ class Demo:
         self.problems.append(f"no {what} within the deadline (status: {self.state.conditions})")
         self.view.say(f"[red]gave up waiting for {what}[/red]")
         return None
+
+    def _extended(self, deadline: float) -> float:
+        """The deadline, or later while a rollout is under way: the first pass of a fresh
+        operator pod may compile the placement kernels for most of the deadline, and a
+        restarted operator continues its rollout from where the last one stopped."""
+        current = self.watch.current
+        if current is None or current.started is None:
+            return deadline
+        return max(deadline, current.started + ROLLOUT_SECONDS)
 
     def _operator_metrics_url(self) -> str:
         pod = self.world.serving.operator_pod()
