@@ -22,6 +22,13 @@ pytestmark = pytest.mark.slow
 SIDECAR_ACCOUNT = "moe-eplb-sidecar"  # the serving release's ServiceAccount (eplb-sidecar.rbac)
 
 
+@pytest.fixture(scope="module")
+def world(module_world: World) -> World:
+    """One world for these tests: only the first rolls out, and the one that takes the
+    sidecars' review binding away puts it back."""
+    return module_world
+
+
 def info(world: World, token: str | None) -> tuple[int, dict[str, Any]]:
     """``GET /v1/info`` of rank 0's sidecar with ``token``: (status, JSON body)."""
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}

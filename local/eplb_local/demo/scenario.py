@@ -28,6 +28,9 @@ POLL_SECONDS = 0.25
 SAMPLE_SECONDS = 1.0
 NOW_SECONDS = 3.0  # the live view's "now" column
 ROLLOUT_SECONDS = 90.0  # how long a rollout under way may take, operator restarts included
+# How long the operator's first pass may take: a fresh pod compiles the placement kernels
+# (numba) unless its compile cache has them: a minute or more on a busy 2-core machine.
+FIRST_PASS_SECONDS = 240.0
 
 
 class Sampler(Periodic):
@@ -78,6 +81,7 @@ class Demo:
         self._fault_done = False
         self._prometheus_stopped_at: float | None = None
         self._observed: float | None = None
+        self._applied = 0.0  # when the ExpertPlacement was applied (time.time())
 
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> DemoSummary:
@@ -198,9 +202,11 @@ class Demo:
         return None
 
     def _extended(self, deadline: float) -> float:
-        """The deadline, or later while a rollout is under way: the first pass of a fresh
-        operator pod may compile the placement kernels for most of the deadline, and a
-        restarted operator continues its rollout from where the last one stopped."""
+        """The deadline, or later: until the operator's first pass reports (a fresh pod may
+        compile its placement kernels first), and while a rollout is under way (a restarted
+        operator continues it from where the last one stopped)."""
+        if not self.watch.status.get("conditions"):  # no pass reported yet
+            deadline = max(deadline, self._applied + FIRST_PASS_SECONDS)
         current = self.watch.current
         if current is None or current.started is None:
             return deadline
@@ -217,6 +223,7 @@ class Demo:
         manifest = placement_manifest(self.options, url, layers_per_step)
         collection = XPL_PATH.rsplit("/", 1)[0]
         self.world.api.checked("POST", collection, manifest)
+        self._applied = time.time()
         self.view.say(f"applied ExpertPlacement {NAME} (online: every "
                       f"{self.options.interval_seconds} s over a {self.options.window_seconds} s "
                       "window)")  # fmt: skip
