@@ -29,6 +29,7 @@ from eplb_sidecar.api import (
     CommitRequest,
     Info,
     PrepareRequest,
+    Reason,
     Result,
     TransferGroup,
 )
@@ -206,8 +207,9 @@ class Rollout:
         except (TimeoutError, SidecarError) as error:
             await self._abort_everywhere(work)
             if isinstance(error, SidecarError):
-                reason = "BarrierTimeout" if error.problem.reason == "TransferFailed" else (
-                    "RolloutAborted")  # fmt: skip
+                # A peer that did not join is a pod that missed the barrier.
+                transfer = error.problem.reason == Reason.TRANSFER_FAILED
+                reason = "BarrierTimeout" if transfer else "RolloutAborted"
                 message = f"pod {error.url}: {error.problem.reason}: {error.problem.message}"
             else:
                 reason = "BarrierTimeout"
@@ -308,7 +310,7 @@ class Rollout:
             await client.commit(CommitRequest(revision=self.revision, layers=share.layers))
             return True
         except SidecarError as error:
-            if error.status != 409:
+            if error.problem.reason != Reason.NOT_PREPARED:
                 return False
         # The sidecar lost its staging (it restarted between prepare and commit): unless the
         # pod already serves the target, stage again from its checkpoint, then commit.
