@@ -46,7 +46,7 @@ print(" ".join(sorted(m for m in reached if ".adapters.transformers" not in m)))
 EOF
 }
 declare -A ENTRY=(
-    [operator]="eplb_operator.controller.handlers"
+    [operator]="eplb_operator.controller.handlers eplb_operator.controller.stand_down"
     [sidecar]="eplb_sidecar.cli"
     [plan]="eplb_operator.cli.main"
     [demo]="eplb_local.cli.demo eplb_local.cli.cluster eplb_local.world"

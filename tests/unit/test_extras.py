@@ -18,7 +18,8 @@ from tests.conftest import REPO
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # What each role runs.  The local tooling (`eplb demo`, `eplb cluster`, the World of the
 # tests) starts the operator, sidecars and the `eplb` command as processes.
-OPERATOR = ["eplb_operator.controller.handlers"]  # kopf run --module=…
+# kopf run --module=…, and the chart's pre-delete hook (python -m …stand_down)
+OPERATOR = ["eplb_operator.controller.handlers", "eplb_operator.controller.stand_down"]
 SIDECAR = ["eplb_sidecar.cli"]  # eplb-sidecar
 PLAN = ["eplb_operator.cli.main"]  # eplb plan, eplb report
 LOCAL = ["eplb_local.cli.demo", "eplb_local.cli.cluster", "eplb_local.world"]
