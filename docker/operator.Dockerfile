@@ -9,10 +9,11 @@ COPY pyproject.toml README.md ./
 COPY core/ core/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
-# CPU-only torch: the operator plans placements, it never touches a GPU.
+# CPU-only torch: the operator plans placements, it never touches a GPU.  The `operator`
+# extra only: no CLI, plotting or local tooling (pyproject.toml says what each extra holds).
 RUN python -m venv /opt/eplb \
  && /opt/eplb/bin/pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
- && /opt/eplb/bin/pip install .
+ && /opt/eplb/bin/pip install ".[operator]"
 
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/eplb /opt/eplb

@@ -10,10 +10,11 @@ COPY pyproject.toml README.md ./
 COPY core/ core/
 COPY operator/ operator/
 COPY sidecar/ sidecar/
-# PyPI's torch wheels carry the CUDA runtime and NCCL; the node supplies the driver.
+# PyPI's torch wheels carry the CUDA runtime and NCCL; the node supplies the driver.  The
+# `sidecar` extra only: no kopf, placement engine or Kubernetes client.
 RUN python -m venv /opt/eplb \
  && /opt/eplb/bin/pip install "torch==2.13.0" \
- && /opt/eplb/bin/pip install .
+ && /opt/eplb/bin/pip install ".[sidecar]"
 
 FROM ${PYTHON_IMAGE}
 COPY --from=build /opt/eplb /opt/eplb

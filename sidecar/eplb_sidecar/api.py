@@ -9,6 +9,7 @@ Calls are idempotent by (revision, layer).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -136,8 +137,29 @@ class Result(BaseModel):
     )
 
 
+class Reason(str, Enum):
+    """Why ``/v1/prepare``, ``/v1/commit`` or ``/v1/abort`` was refused (a Problem's
+    ``reason``; the token check and aiohttp refuse with reasons of their own)."""
+
+    INVALID_REQUEST = "InvalidRequest"  # not JSON, or not the request's model
+    REQUEST_TOO_LARGE = "RequestTooLarge"  # larger than any valid request to this pod
+    INVALID_LAYER = "InvalidLayer"
+    INVALID_PLACEMENT = "InvalidPlacement"
+    INVALID_TRANSFER = "InvalidTransfer"
+    OUT_OF_ORDER = "OutOfOrder"
+    NOT_PREPARED = "NotPrepared"  # a commit of a revision not staged here
+    PLACEMENT_MISMATCH = "PlacementMismatch"  # the transfer group's members serve apart
+    NO_SOURCE = "NoSource"  # an expert nobody holds, and no checkpoint
+    TRANSFER_FAILED = "TransferFailed"  # a peer did not join or a transfer broke
+    ENGINE_BUSY = "EngineBusy"  # no step boundary within the timeout
+    COMMIT_FAILED = "CommitFailed"  # failed part-way, rolled back
+    CHECKPOINT_UNREADABLE = "CheckpointUnreadable"
+    ROLLBACK_FAILED = "RollbackFailed"  # this pod needs a re-sync
+
+
 class Problem(BaseModel):
-    """A refused call: ``reason`` is a CamelCase word an operator can switch on."""
+    """A refused call: ``reason`` is a CamelCase word an operator can switch on (a
+    :class:`Reason`, or the token check's or the HTTP server's own)."""
 
     reason: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=100)
     message: str

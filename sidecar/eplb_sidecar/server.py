@@ -8,7 +8,9 @@ no token, so Prometheus and the kubelet need no credential.
 
 Every refusal is a :class:`~eplb_sidecar.api.Problem` (JSON, a CamelCase reason) with a 4xx,
 or 503 while the pod cannot serve (no answer on the token, engine busy, a peer gone): never an
-HTML error page, and never a 500 for anything a caller sends.
+HTML error page, and never a 500 for anything a caller sends.  The executor refuses with
+domain errors (:mod:`.refusals`); :data:`STATUS` is the one place that gives them their HTTP
+status.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from eplb_sidecar.api import (
     CommitRequest,
     PrepareRequest,
     Problem,
+    Reason,
     largest_request_bytes,
 )
 from eplb_sidecar.auth import Authenticator, AuthError
 from eplb_sidecar.contract.layout import TableLayout
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
+from eplb_sidecar.refusals import InvalidRequestError, RefusedError, RequestTooLargeError
+from eplb_sidecar.shuffle import ShuffleExecutor
 
 log = logging.getLogger("eplb_sidecar")
 
@@ -105,6 +109,32 @@ async def inject_fault(phase: str) -> None:
         await asyncio.sleep(float(fault.split("=", 1)[1]))
 
 
+# The HTTP status of each refusal: 400 the request can never succeed, 409 it does not fit
+# what the pod has staged or serves now, 503 retry (a peer, the engine, a rolled-back
+# commit), 500 the pod itself is in trouble.
+STATUS: dict[Reason, int] = {
+    Reason.INVALID_REQUEST: 400,
+    Reason.REQUEST_TOO_LARGE: 413,
+    Reason.INVALID_LAYER: 400,
+    Reason.INVALID_PLACEMENT: 400,
+    Reason.INVALID_TRANSFER: 400,
+    Reason.OUT_OF_ORDER: 409,
+    Reason.NOT_PREPARED: 409,
+    Reason.PLACEMENT_MISMATCH: 409,
+    Reason.NO_SOURCE: 409,
+    Reason.TRANSFER_FAILED: 503,
+    Reason.ENGINE_BUSY: 503,
+    Reason.COMMIT_FAILED: 503,
+    Reason.CHECKPOINT_UNREADABLE: 500,
+    Reason.ROLLBACK_FAILED: 500,
+}
+
+
+def refusal(refused: RefusedError) -> web.Response:
+    """``refused`` as its HTTP status and Problem body."""
+    return problem(STATUS[refused.reason], refused.reason.value, refused.message)
+
+
 def problem(status: int, reason: str, message: str) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return web.json_response(
@@ -150,20 +180,18 @@ async def _parse(request: web.Request, model: type[RequestModel]) -> RequestMode
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as error:
-        raise RefusedError(
-            413,
-            "RequestTooLarge",
+        raise RequestTooLargeError(
             f"the body is over {request.app[BODY_LIMIT_KEY]} bytes, more than any valid "
-            f"request to this pod",
+            f"request to this pod"
         ) from error
     try:
         return model.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
-            raise RefusedError(400, "InvalidRequest", f"body is not JSON: {first['msg']}") from None
+            raise InvalidRequestError(f"body is not JSON: {first['msg']}") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise RefusedError(400, "InvalidRequest", f"{where}: {first['msg']}") from None
+        raise InvalidRequestError(f"{where}: {first['msg']}") from None
 
 
 async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web.Response:
@@ -176,7 +204,7 @@ async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web
             result = await asyncio.to_thread(call)
     except RefusedError as refused:
         metrics.shuffles.labels(phase=phase, result="failure").inc()
-        return problem(refused.status, refused.reason, refused.message)
+        return refusal(refused)
     metrics.shuffles.labels(phase=phase, result="success").inc()
     metrics.duration.labels(phase=phase).observe(time.monotonic() - started)
     if phase == "commit":
@@ -207,7 +235,7 @@ def state_change(
         try:
             body = await _parse(request, model)
         except RefusedError as refused:
-            return problem(refused.status, refused.reason, refused.message)
+            return refusal(refused)
         return await _run(request, phase, lambda: call(request.app[EXECUTOR_KEY], body))
 
     return handle

@@ -7,7 +7,8 @@ writes each changed slot exactly once (in an order that never reads an overwritt
 and flips the routing table; it is all-or-nothing: should anything fail part-way, every
 layer it touched is put back before the engine is released (from sources the commit never
 writes, see :func:`~eplb_sidecar.moves.undo_order`).  abort drops staging.  Idempotent by
-(revision, layer).
+(revision, layer).  A refused call raises a domain error of :mod:`.refusals`; only the
+server knows their HTTP statuses.
 """
 
 from __future__ import annotations
@@ -41,20 +42,24 @@ from eplb_sidecar.moves import (
     plan_fetches,
     undo_order,
 )
+from eplb_sidecar.refusals import (
+    CheckpointUnreadableError,
+    CommitFailedError,
+    EngineBusyError,
+    InvalidLayerError,
+    InvalidPlacementError,
+    InvalidTransferError,
+    NoSourceError,
+    NotPreparedError,
+    OutOfOrderError,
+    PlacementMismatchError,
+    RollbackFailedError,
+    TransferFailedError,
+)
 from eplb_sidecar.transfer import PeerGroups, TransferError, agree, digest, exchange
 
 Weights = dict[str, torch.Tensor]
 Copies = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-class RefusedError(Exception):
-    """A call refused with an HTTP status and a CamelCase reason; nothing changed."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 @dataclass
@@ -153,17 +158,15 @@ class ShuffleExecutor:
         rows = [request.layers[layer] for layer in layer_ids]
         if any(len(row) != layout.num_slots for row in rows):
             bad = next(lay for lay in layer_ids if len(request.layers[lay]) != layout.num_slots)
-            raise RefusedError(
-                400,
-                "InvalidPlacement",
+            raise InvalidPlacementError(
                 f"layer {bad}: {len(request.layers[bad])} slots, the EP group has "
                 f"{layout.num_slots} ({self.tables.rank_layout.ranks} ranks x "
-                f"{self.tables.rank_layout.slots_per_rank})",
+                f"{self.tables.rank_layout.slots_per_rank})"
             )
         new = torch.tensor(rows, dtype=torch.int64)
         error = placement_error(new, layout.num_slots, layout.experts, layer_ids)
         if error is not None:
-            raise RefusedError(400, "InvalidPlacement", error)
+            raise InvalidPlacementError(error)
         participants = self._participants(request)
 
         results: dict[int, LayerResult] = {}
@@ -193,17 +196,13 @@ class ShuffleExecutor:
             return [rank]
         members = request.transfer.ranks
         if members != sorted(set(members)) or members[0] < 0 or members[-1] >= ranks:
-            raise RefusedError(
-                400,
-                "InvalidTransfer",
-                f"transfer ranks (pod indices) must be ascending, unique, in [0, {ranks})",
+            raise InvalidTransferError(
+                f"transfer ranks (pod indices) must be ascending, unique, in [0, {ranks})"
             )
         if rank not in members:
-            raise RefusedError(
-                400, "InvalidTransfer", f"this pod's index {rank} is not in transfer.ranks"
-            )
+            raise InvalidTransferError(f"this pod's index {rank} is not in transfer.ranks")
         if self.peers is None and len(members) > 1:
-            raise RefusedError(400, "InvalidTransfer", "this sidecar runs without a transfer port")
+            raise InvalidTransferError("this sidecar runs without a transfer port")
         return members
 
     def _prepare_outcome(self, layer: int, revision: int, row: torch.Tensor) -> LayerResult | None:
@@ -213,19 +212,15 @@ class ShuffleExecutor:
         if staged is not None:
             if staged.revision == revision and torch.equal(staged.phy2log, row):
                 return LayerResult(layer=layer, outcome="already-staged")
-            raise RefusedError(
-                409,
-                "OutOfOrder",
+            raise OutOfOrderError(
                 f"layer {layer} has revision {staged.revision} staged with a different "
-                f"placement; commit or abort it first",
+                f"placement; commit or abort it first"
             )
         if revision == current and torch.equal(self.tables.routing[layer], row):
             return LayerResult(layer=layer, outcome="already-committed")
         if revision <= current:
-            raise RefusedError(
-                409,
-                "OutOfOrder",
-                f"layer {layer} serves revision {current}; revision {revision} is not newer",
+            raise OutOfOrderError(
+                f"layer {layer} serves revision {current}; revision {revision} is not newer"
             )
         return None
 
@@ -255,29 +250,23 @@ class ShuffleExecutor:
                 views = agree(session, rank, fingerprint, ready)
             except TransferError as error:
                 self.peers.poison(request.transfer.session)
-                raise RefusedError(503, "TransferFailed", str(error)) from error
+                raise TransferFailedError(str(error)) from error
             differ = sorted(r for r, (fp, _) in views.items() if fp != fingerprint)
             if differ:
-                raise RefusedError(
-                    409,
-                    "PlacementMismatch",
+                raise PlacementMismatchError(
                     f"ranks {differ} disagree with rank {rank} on the current placement or "
-                    f"revision of layers {sorted(fresh)}; re-sync them first",
+                    f"revision of layers {sorted(fresh)}; re-sync them first"
                 )
             unready = sorted(r for r, (_, ok) in views.items() if not ok)
             if unready:
-                raise RefusedError(
-                    409,
-                    "NoSource",
-                    f"ranks {unready} need experts no participant holds and have no checkpoint",
+                raise NoSourceError(
+                    f"ranks {unready} need experts no participant holds and have no checkpoint"
                 )
         if not ready:
             missing = next(f for f in mine if f.src_rank == CHECKPOINT)
-            raise RefusedError(
-                409,
-                "NoSource",
+            raise NoSourceError(
                 f"layer {missing.layer}: expert {missing.expert} is held by no participating "
-                f"peer and this sidecar has no checkpoint",
+                f"peer and this sidecar has no checkpoint"
             )
 
         staged: dict[int, StagedLayer] = {}
@@ -299,14 +288,14 @@ class ShuffleExecutor:
             except TransferError as error:
                 assert request.transfer is not None and self.peers is not None
                 self.peers.poison(request.transfer.session)
-                raise RefusedError(503, "TransferFailed", str(error)) from error
+                raise TransferFailedError(str(error)) from error
         for fetch in mine:
             if fetch.src_rank == CHECKPOINT:
                 assert self.checkpoint is not None
                 try:
                     weights = self.checkpoint.read(fetch.layer, fetch.expert, layout.device)
                 except CheckpointError as error:
-                    raise RefusedError(500, "CheckpointUnreadable", str(error)) from error
+                    raise CheckpointUnreadableError(str(error)) from error
                 staged[fetch.layer].fetched[fetch.expert] = weights
 
         for layer, staged_layer in staged.items():
@@ -406,10 +395,8 @@ class ShuffleExecutor:
                 results[layer] = LayerResult(layer=layer, outcome="already-committed")
             else:
                 what = f"revision {staged.revision} is staged" if staged else "nothing is staged"
-                raise RefusedError(
-                    409,
-                    "NotPrepared",
-                    f"layer {layer}: revision {request.revision} was not prepared here ({what})",
+                raise NotPreparedError(
+                    f"layer {layer}: revision {request.revision} was not prepared here ({what})"
                 )
         self.last_stall_seconds = 0.0
         if to_apply:
@@ -425,7 +412,7 @@ class ShuffleExecutor:
                     self._apply_all(before)
                     self.last_stall_seconds = time.perf_counter() - held
             except TimeoutError as error:
-                raise RefusedError(503, "EngineBusy", str(error)) from error
+                raise EngineBusyError(str(error)) from error
         for layer in to_apply:
             staged = self.staged.pop(layer)
             assert staged.result is not None
@@ -479,17 +466,13 @@ class ShuffleExecutor:
                 if cuda:
                     self._synchronize()
             except Exception as second:
-                raise RefusedError(
-                    500,
-                    "RollbackFailed",
+                raise RollbackFailedError(
                     f"commit failed ({failure}) and putting layers {[t[0] for t in touched]} "
-                    f"back failed too ({type(second).__name__}: {second}); re-sync this pod",
+                    f"back failed too ({type(second).__name__}: {second}); re-sync this pod"
                 ) from second
-            raise RefusedError(
-                503,
-                "CommitFailed",
+            raise CommitFailedError(
                 f"commit failed and was rolled back, every layer serves what it served "
-                f"before ({failure})",
+                f"before ({failure})"
             ) from error
 
     def _apply(self, layer: int, staged: StagedLayer) -> None:
@@ -518,10 +501,8 @@ class ShuffleExecutor:
             if layer in self.staged and self.staged[layer].revision > request.revision
         ]
         if newer:
-            raise RefusedError(
-                409,
-                "OutOfOrder",
-                f"layers {newer} have a revision newer than {request.revision} staged",
+            raise OutOfOrderError(
+                f"layers {newer} have a revision newer than {request.revision} staged"
             )
         results = []
         for layer in layers:
@@ -545,4 +526,4 @@ class ShuffleExecutor:
         num_layers = self.tables.layout.layers
         bad = [layer for layer in layers if not 0 <= layer < num_layers]
         if bad:
-            raise RefusedError(400, "InvalidLayer", f"layers {bad} are outside [0, {num_layers})")
+            raise InvalidLayerError(f"layers {bad} are outside [0, {num_layers})")

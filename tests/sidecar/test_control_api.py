@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from eplb_sidecar.api import MAX_REVISION, largest_request_bytes
+from eplb_sidecar import refusals
+from eplb_sidecar.api import MAX_REVISION, Reason, largest_request_bytes
 from eplb_sidecar.checkpoint import CheckpointReader
 from eplb_sidecar.engine.config import EngineConfig
-from eplb_sidecar.server import BODY_LIMIT_FLOOR, body_limit
+from eplb_sidecar.server import BODY_LIMIT_FLOOR, STATUS, body_limit
 
 from .conftest import assert_slots_hold_their_experts, assert_unchanged, snapshot
 from .control import Answer, ControlServer, control_server
@@ -218,3 +219,58 @@ async def test_concurrent_hostile_calls_leave_the_pod_serving(
     assert {a.status for a in answers} == {400, 401}
     assert_unchanged(pod.executor.table, state)
     assert (await pod.request("GET", "/v1/info")).status == 200
+
+
+def test_every_refusal_has_one_reason_and_one_status() -> None:
+    """The executor's domain errors and the server's table cover the same reasons, and the
+    statuses are the documented ones (400 never possible, 409 not now, 503 retry, 500 the
+    pod is in trouble)."""
+    classes = refusals.RefusedError.__subclasses__()
+    assert sorted(c.reason.value for c in classes) == sorted(r.value for r in Reason)
+    assert set(STATUS) == set(Reason)
+    by_status: dict[int, set[str]] = {}
+    for reason, status in STATUS.items():
+        by_status.setdefault(status, set()).add(reason.value)
+    assert by_status == {
+        400: {"InvalidRequest", "InvalidLayer", "InvalidPlacement", "InvalidTransfer"},
+        413: {"RequestTooLarge"},
+        409: {"OutOfOrder", "NotPrepared", "PlacementMismatch", "NoSource"},
+        503: {"TransferFailed", "EngineBusy", "CommitFailed"},
+        500: {"CheckpointUnreadable", "RollbackFailed"},
+    }
+
+
+async def test_the_executors_refusals_reach_the_caller_as_status_and_reason(
+    pod: ControlServer, config: EngineConfig
+) -> None:
+    """What the executor refuses (a domain error) answers as its status and Problem, and
+    changes nothing."""
+    new = rebalanced(config)
+    P = config.ranks * config.slots_per_rank
+    prepared = await pod.request(
+        "POST", "/v1/prepare", body(revision=2, layers={"0": new[0].tolist()}), JSON
+    )
+    assert prepared.status == 200, prepared
+    assert (
+        await pod.request("POST", "/v1/commit", body(revision=2, layers=[0]), JSON)
+    ).status == 200
+    state = snapshot(pod.executor.table)
+    transfer = {"session": "s", "store": "127.0.0.1:1", "ranks": [1]}
+    calls = [
+        ("commit", body(revision=3, layers=[1]), 409, "NotPrepared", "not prepared"),
+        ("prepare", body(revision=1, layers={"0": new[0].tolist()}), 409, "OutOfOrder", "newer"),
+        ("prepare", body(revision=3, layers={"1": [0] * P}), 400, "InvalidPlacement", "replica"),
+        ("prepare", body(revision=3, layers={"7": new[0].tolist()}), 400, "InvalidLayer", "7"),
+        (
+            "prepare",
+            body(revision=3, layers={"1": new[1].tolist()}, transfer=transfer),
+            400,
+            "InvalidTransfer",
+            "not in transfer.ranks",
+        ),
+    ]
+    for phase, payload, status, reason, fragment in calls:
+        answer = await pod.request("POST", f"/v1/{phase}", payload, JSON)
+        assert_problem(answer, status, reason, fragment)
+    assert_unchanged(pod.executor.table, state)
+    assert pod.executor.info().staged == []

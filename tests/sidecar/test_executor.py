@@ -18,7 +18,16 @@ from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.probe import ProbeRequest, merge_probe_parts
 from eplb_sidecar.engine.reference import ReferenceEngine, identity_placement
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.shuffle import RefusedError, ShuffleExecutor
+from eplb_sidecar.refusals import (
+    EngineBusyError,
+    InvalidLayerError,
+    InvalidPlacementError,
+    NoSourceError,
+    NotPreparedError,
+    OutOfOrderError,
+    RefusedError,
+)
+from eplb_sidecar.shuffle import ShuffleExecutor
 
 from .conftest import assert_slots_hold_their_experts, assert_unchanged, snapshot
 
@@ -97,9 +106,8 @@ def test_abort_leaves_everything_as_it_was(
         assert [r.outcome for r in result.layers] == ["aborted", "aborted"]
         assert executor.info().staged == []
         assert_unchanged(engine.table, state)
-        with pytest.raises(RefusedError) as refused:
+        with pytest.raises(NotPreparedError):
             executor.commit(CommitRequest(revision=4, layers=[0]))
-        assert refused.value.status == 409 and refused.value.reason == "NotPrepared"
 
 
 def test_calls_are_idempotent_by_revision_and_layer(
@@ -119,20 +127,20 @@ def test_calls_are_idempotent_by_revision_and_layer(
 
 
 @pytest.mark.parametrize(
-    ("scenario", "reason"),
+    ("scenario", "refusal"),
     [
-        ("older-revision", "OutOfOrder"),
-        ("same-revision-other-placement", "OutOfOrder"),
-        ("newer-while-staged", "OutOfOrder"),
-        ("commit-unprepared", "NotPrepared"),
-        ("abort-older-than-staged", "OutOfOrder"),
+        ("older-revision", OutOfOrderError),
+        ("same-revision-other-placement", OutOfOrderError),
+        ("newer-while-staged", OutOfOrderError),
+        ("commit-unprepared", NotPreparedError),
+        ("abort-older-than-staged", OutOfOrderError),
     ],
 )
-def test_out_of_order_calls_get_409_and_change_nothing(
+def test_out_of_order_calls_are_refused_and_change_nothing(
     pods: list[tuple[ReferenceEngine, ShuffleExecutor]],
     config: EngineConfig,
     scenario: str,
-    reason: str,
+    refusal: type[RefusedError],
 ) -> None:
     engine, executor = pods[0]
     first, second = rebalanced(config, seed=1), rebalanced(config, seed=2)
@@ -152,7 +160,7 @@ def test_out_of_order_calls_get_409_and_change_nothing(
     }  # fmt: skip
     with pytest.raises(RefusedError) as refused:
         calls[scenario]()
-    assert (refused.value.status, refused.value.reason) == (409, reason)
+    assert type(refused.value) is refusal
     assert_unchanged(engine.table, state)
     assert executor.info().staged == staged
 
@@ -182,14 +190,13 @@ def test_bad_prepare_is_refused_with_a_reason_and_changes_nothing(
     request = PrepareRequest.model_construct(
         revision=1, layers={0: good[0].tolist(), 2: bad}, transfer=None, timeout_seconds=30.0
     )
-    with pytest.raises(RefusedError) as refused:
+    with pytest.raises(InvalidPlacementError) as refused:
         executor.prepare(request)
-    assert refused.value.status == 400 and message in refused.value.message
+    assert message in refused.value.message
     assert_unchanged(engine.table, state)
     assert executor.info().staged == []
-    with pytest.raises(RefusedError) as refused:
+    with pytest.raises(InvalidLayerError):
         executor.prepare(PrepareRequest(revision=1, layers={config.layers: good[0].tolist()}))
-    assert refused.value.reason == "InvalidLayer"
 
 
 def test_an_expert_no_one_can_send_without_a_checkpoint_is_refused(
@@ -198,9 +205,9 @@ def test_an_expert_no_one_can_send_without_a_checkpoint_is_refused(
     engine, with_checkpoint = pods[0]
     executor = ShuffleExecutor(with_checkpoint.table, "pod-0", peers=None, checkpoint=None)
     state = snapshot(engine.table)
-    with pytest.raises(RefusedError) as refused:
+    with pytest.raises(NoSourceError) as refused:
         executor.prepare(PrepareRequest(revision=1, layers={0: rebalanced(config)[0].tolist()}))
-    assert refused.value.reason == "NoSource" and "no checkpoint" in refused.value.message
+    assert "no checkpoint" in refused.value.message
     assert_unchanged(engine.table, state)
 
 
@@ -233,9 +240,8 @@ def test_commit_waits_for_the_step_boundary(
     thread = threading.Thread(target=long_step)
     thread.start()
     in_step.wait()
-    with pytest.raises(RefusedError) as refused:
+    with pytest.raises(EngineBusyError):
         executor.commit(CommitRequest(revision=1, layers=[0], timeout_seconds=0.05))
-    assert refused.value.reason == "EngineBusy"
     assert int(engine.table.revisions[0]) == 0
     executor.commit(CommitRequest(revision=1, layers=[0]))
     assert step_done.is_set(), "commit wrote while the engine was inside a step"

@@ -14,6 +14,7 @@ Conditions (Ready, Progressing, Degraded), Events and metrics say how it went.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections import Counter
@@ -48,10 +49,11 @@ from eplb_operator.controller.revisions import (
     to_prune,
 )
 from eplb_operator.controller.rollout import (
-    BatchReport,
+    BatchCommitted,
     Groups,
     Rollout,
     RolloutAbortedError,
+    RolloutFinished,
     RolloutOptions,
     RolloutReport,
     pod_states,
@@ -100,7 +102,6 @@ class Reconciler:
         self.emit = emit
         self.labels = {"namespace": namespace, "placement": name}
         self._generation = 0
-        self._pause_requested = False
         self._served_revision = 0  # the highest revision any pod served at the last look
 
     # -- the pass --------------------------------------------------------------------------
@@ -385,12 +386,9 @@ class Reconciler:
                 progress_deadline=rollout_spec.progress_deadline_seconds,
             ),
             pod_alive=self._pod_alive,
-            on_batch=self._on_batch,
-            paused=lambda: self._pause_requested,
             resumed_total=resumed_total,
         )
         started = time.monotonic()
-        self._pause_requested = False
         progress = {} if resumed_total else {"layersCommitted": 0}  # a resumed one keeps its own
         await self._write(
             {"Progressing": (ConditionStatus.TRUE, "RolloutInProgress",
@@ -401,7 +399,7 @@ class Reconciler:
         METRICS.started.labels(**self.labels).set(time.time())
         self.emit("Normal", "RolloutStarted", messages.rollout_started(target.name, cause))
         try:
-            report = await rollout.run()
+            report = await self._follow(rollout)
         except RolloutAbortedError as error:
             METRICS.in_progress.labels(**self.labels).set(0)
             METRICS.rollouts.labels(**self.labels, result=RolloutResult.ABORTED.value).inc()
@@ -420,7 +418,7 @@ class Reconciler:
             )  # fmt: skip
             return min(RECHECK_SECONDS, 5.0)
         METRICS.in_progress.labels(**self.labels).set(0)
-        if report.paused:
+        if report is None:
             await self._write(
                 {"Progressing": (ConditionStatus.FALSE, "Paused", f"paused during {target.name}")},
                 phase="Paused",
@@ -471,7 +469,21 @@ class Reconciler:
         await self._prune(spec, target)
         return self._next_delay(spec)
 
-    async def _on_batch(self, report: RolloutReport, batch: BatchReport) -> None:
+    async def _follow(self, rollout: Rollout) -> RolloutReport | None:
+        """Record each batch of ``rollout`` as it lands; its report, or None when
+        ``spec.rollout.paused`` was set meanwhile (the rollout stops before its next batch)."""
+        async with contextlib.aclosing(rollout.events()) as events:
+            async for event in events:
+                if isinstance(event, RolloutFinished):
+                    return event.report
+                if await self._batch_committed(event) and event.more:
+                    return None
+        raise AssertionError("a rollout's events end with RolloutFinished")
+
+    async def _batch_committed(self, event: BatchCommitted) -> bool:
+        """Record a batch's progress in the status and metrics; whether the spec (as the
+        status write read it) asks the rollout to pause."""
+        batch = event.batch
         METRICS.barrier_duration.labels(**self.labels, phase="prepare").observe(
             batch.prepare_seconds
         )
@@ -480,14 +492,13 @@ class Reconciler:
             self.namespace,
             self.name,
             lambda current: {
-                "layersCommitted": report.layers_committed,
-                "layersTotal": report.layers_total,
+                "layersCommitted": event.layers_committed,
+                "layersTotal": event.layers_total,
             },
         )
-        if written is not None:
-            self._pause_requested = bool(
-                (written.get("spec") or {}).get("rollout", {}).get("paused", False)
-            )
+        if written is None:
+            return False
+        return bool((written.get("spec") or {}).get("rollout", {}).get("paused", False))
 
     async def _pod_alive(self, pod: PodEndpoint) -> bool:
         found = await kube.get_pod(self.namespace, pod.name)

@@ -10,6 +10,10 @@ Level-triggered: what each pod serves is read from the pods (``/v1/info``), not
 remembered, so a rollout resumed after an operator restart continues from where the pods
 are, and only layers that differ from the target are touched.  A pod whose layers differ
 while the rest of its group agree (it restarted) is re-synced alone from its checkpoint.
+
+Progress is a stream of events (:meth:`Rollout.events`): a :class:`BatchCommitted` after each
+batch, then :class:`RolloutFinished`.  The caller records each, and pauses the rollout
+between batches by no longer asking for the next event.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +33,7 @@ from eplb_sidecar.api import (
     CommitRequest,
     Info,
     PrepareRequest,
+    Reason,
     Result,
     TransferGroup,
 )
@@ -58,12 +63,11 @@ class BatchReport:
 
 @dataclass
 class RolloutReport:
-    """What a rollout did; ``paused`` when it stopped between batches for ``spec.paused``."""
+    """What a rollout did."""
 
     revision: int
     layers_total: int
     batches: list[BatchReport] = field(default_factory=list)
-    paused: bool = False
     dropped_pods: list[str] = field(default_factory=list)
     # Layers an interrupted attempt of the same rollout committed before (a resumed rollout
     # reports progress of the whole rollout, not of what was left).
@@ -76,6 +80,27 @@ class RolloutReport:
     @property
     def moves(self) -> int:
         return sum(batch.moves for batch in self.batches)
+
+
+@dataclass(frozen=True)
+class BatchCommitted:
+    """A batch is in service on every pod; ``more``: batches remain (a caller that stops
+    asking for events now pauses the rollout here)."""
+
+    batch: BatchReport
+    layers_committed: int  # of the whole rollout, an interrupted attempt's included
+    layers_total: int
+    more: bool
+
+
+@dataclass(frozen=True)
+class RolloutFinished:
+    """Every pod serves the target."""
+
+    report: RolloutReport
+
+
+RolloutEvent = BatchCommitted | RolloutFinished
 
 
 @dataclass
@@ -128,12 +153,11 @@ class Rollout:
         target: torch.Tensor,
         options: RolloutOptions,
         pod_alive: Callable[[PodEndpoint], Awaitable[bool]],
-        on_batch: Callable[[RolloutReport, BatchReport], Awaitable[None]] | None = None,
-        paused: Callable[[], bool] = lambda: False,
         resumed_total: int = 0,
     ) -> None:
-        """``resumed_total``: the layers this rollout had in all when it was interrupted (from
-        the status), 0 for a new rollout."""
+        """``pod_alive``: whether a pod whose commit failed still exists (else it is dropped
+        and re-synced when it returns); ``resumed_total``: the layers this rollout had in all
+        when it was interrupted (from the status), 0 for a new rollout."""
         self.groups = groups
         self.resumed_total = resumed_total
         self.clients = clients
@@ -142,15 +166,18 @@ class Rollout:
         self.rows: list[list[int]] = target.tolist()
         self.options = options
         self.pod_alive = pod_alive
-        self.on_batch = on_batch
-        self.paused = paused
         self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
         # The key peers prove to each other at the transfer gate (sidecar rendezvous): it
         # reaches them only over the authenticated control API, one per rollout.
         self.secret = secrets.token_urlsafe(32)
         self.sessions: dict[str, int] = {}  # EP group → session generation
 
-    async def run(self) -> RolloutReport:
+    async def events(self) -> AsyncGenerator[RolloutEvent, None]:
+        """Roll out batch by batch, yielding progress (raises :class:`RolloutAbortedError`).
+
+        The next batch starts only when the caller asks for the next event; close the
+        iterator (``contextlib.aclosing``) to stop between batches.
+        """
         started = time.monotonic()
         states = await self._states()
         await self._drop_stale_staging(states)
@@ -159,18 +186,23 @@ class Rollout:
         report = RolloutReport(self.revision, total, layers_before=total - len(layers))
         step = self.options.layers_per_step
         for index in range(0, len(layers), step):
-            if self.paused():
-                report.paused = True
-                break
             batch = layers[index : index + step]
             work = self._plan_batch(batch, states)
             batch_report = await self._run_batch(batch, work, report, started)
             report.batches.append(batch_report)
-            if self.on_batch is not None:
-                await self.on_batch(report, batch_report)
-            if index + step < len(layers):
+            more = index + step < len(layers)
+            yield BatchCommitted(batch_report, report.layers_committed, total, more)
+            if more:
                 states = await self._states()
-        return report
+        yield RolloutFinished(report)
+
+    async def run(self) -> RolloutReport:
+        """The whole rollout, without pausing (benchmarks and tools)."""
+        async with contextlib.aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, RolloutFinished):
+                    return event.report
+        raise AssertionError("a rollout's events end with RolloutFinished")
 
     # -- planning a batch ------------------------------------------------------------------
     def _plan_batch(self, batch: list[int], states: dict[str, Info]) -> list[_PodWork]:
@@ -206,8 +238,9 @@ class Rollout:
         except (TimeoutError, SidecarError) as error:
             await self._abort_everywhere(work)
             if isinstance(error, SidecarError):
-                reason = "BarrierTimeout" if error.problem.reason == "TransferFailed" else (
-                    "RolloutAborted")  # fmt: skip
+                # A peer that did not join is a pod that missed the barrier.
+                transfer = error.problem.reason == Reason.TRANSFER_FAILED
+                reason = "BarrierTimeout" if transfer else "RolloutAborted"
                 message = f"pod {error.url}: {error.problem.reason}: {error.problem.message}"
             else:
                 reason = "BarrierTimeout"
@@ -308,7 +341,7 @@ class Rollout:
             await client.commit(CommitRequest(revision=self.revision, layers=share.layers))
             return True
         except SidecarError as error:
-            if error.status != 409:
+            if error.problem.reason != Reason.NOT_PREPARED:
                 return False
         # The sidecar lost its staging (it restarted between prepare and commit): unless the
         # pod already serves the target, stage again from its checkpoint, then commit.
