@@ -49,7 +49,7 @@ CANDIDATES_PER_ROUND = 8
 # settles whether any packing of it could beat the best so far (problems of at most this
 # many replicas, at most this many search steps; past either, it is packed anyway).
 FEASIBILITY_ITEMS = 24
-FEASIBILITY_STEPS = 2048
+FEASIBILITY_STEPS = 256
 
 
 class Workspace(NamedTuple):
@@ -529,19 +529,21 @@ def _replica_order(share: FloatArray) -> IntArray:
 
 @numba.njit(cache=True, error_model="numpy")
 def _expand_in_order(
-    counts: IntArray, share: FloatArray, order: IntArray, replicas: Replicas
+    counts: IntArray, share: FloatArray, order: IntArray, weight: FloatArray
 ) -> None:
-    """``_expand`` for the exhaustive search, without a sort per candidate: walk every
-    (expert, count) heaviest first and keep those ``counts`` ``[n]`` picks."""
-    position = 0
+    """``weight`` ``[P]``: the replica weights of ``counts`` ``[n]``, heaviest first, as
+    ``_expand`` orders them, without a sort per candidate: walk every (expert, count)
+    heaviest first and keep those ``counts`` picks, until the slots are full."""
+    position, num_slots = 0, weight.shape[0]
     for t in range(order.shape[0]):
-        e, k = order[t, 0], order[t, 1]
-        if counts[e] == k:
-            replicas.share[e] = share[e, k]
+        k = order[t, 1]
+        if counts[order[t, 0]] == k:
+            value = share[order[t, 0], k]
             for _ in range(k):
-                replicas.weight[position] = share[e, k]
-                replicas.expert[position] = e
+                weight[position] = value
                 position += 1
+            if position == num_slots:
+                return
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -560,9 +562,10 @@ def _try(
     ``could_beat``.  ``share`` ``[n, K]``: load / k of each expert for ``k < K``.
     ``order`` ``[T, 2]``: every (expert, count) heaviest replica first
     (``_replica_order``), for the exhaustive search; ``[0, 2]`` for the local one.  Leaves
-    the packing in ``work.candidate_content`` over ``work.candidate``."""
-    if order.shape[0] > 0:
-        _expand_in_order(option, share, order, work.candidate)
+    the packing in ``work.candidate_content`` over ``work.candidate`` (with ``order``, over
+    its weights only)."""
+    if order.shape[0] > 0:  # the weights only: the search keeps the counts, not the packing
+        _expand_in_order(option, share, order, work.candidate.weight)
     else:
         for e in range(option.shape[0]):
             work.candidate.share[e] = share[e, option[e]]
