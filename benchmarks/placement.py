@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -153,7 +154,8 @@ def balance_rows(policy: type) -> list[list[str]]:
     for path in sorted(SHARED_LOADS.glob("*.json")):
         for prefix, shape in TRACE_TOPOLOGY.items():
             if path.name.startswith(prefix):
-                cases.append((shape, f"trace {path.stem}", read_stats(path).load))
+                load = torch.from_numpy(read_stats(path).load)  # both policies get tensors
+                cases.append((shape, f"trace {path.stem}", load))
     rows = []
     for shape, name, load in track(cases, description="balance"):
         topo = shape.topology()
@@ -267,8 +269,9 @@ def one_shot_rows(runs: int) -> list[list[str]]:
     }
     results: dict[str, tuple[list[float], list[dict[str, float]]]] = {}
     for label, env in environments.items():
-        walls, phases = [], []
+        walls, cpus, phases = [], [], []
         for attempt in range(runs + 1):  # the first run with bytecode fills the cache
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             subprocess.run(
                 [str(eplb), "plan", *ONE_SHOT_ARGS, "--output", str(output), "--summary-json"],
@@ -277,6 +280,8 @@ def one_shot_rows(runs: int) -> list[list[str]]:
                 env=env,
             )
             wall = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
             child = subprocess.run(
                 [sys.executable, str(PHASES), *ONE_SHOT_ARGS[1::2]],
                 check=True,
@@ -286,21 +291,22 @@ def one_shot_rows(runs: int) -> list[list[str]]:
             )
             if attempt:
                 walls.append(wall)
+                cpus.append(cpu)
                 phases.append(json.loads(child.stdout.splitlines()[-1]))
-        results[label] = (walls, phases)
+        results[label] = (walls, cpus, phases)
     output.unlink(missing_ok=True)
     rows = [
         ["`eplb plan` wall (process start to exit)"]
-        + [f"{statistics.median(walls):.2f} s" for walls, _ in results.values()]
+        + [f"{statistics.median(walls):.2f} s" for walls, _, _ in results.values()],
+        ["`eplb plan` CPU (user + system)"]
+        + [f"{statistics.median(cpus):.2f} s" for _, cpus, _ in results.values()],
     ]
-    for name in results["as run here"][1][0]:
-        rows.append(
-            [name]
-            + [
-                f"{statistics.median(p[name] for p in phases) * 1e3:.0f} ms"
-                for _, phases in results.values()
-            ]
-        )
+    for name in results["as run here"][2][0]:
+        values = [[p[name] for p in phases] for _, _, phases in results.values()]
+        if name.startswith("torch imported"):
+            rows.append([name] + ["yes" if any(v) else "no" for v in values])
+        else:
+            rows.append([name] + [f"{statistics.median(v) * 1e3:.0f} ms" for v in values])
     return rows
 
 

@@ -6,11 +6,19 @@ Used by the sidecar before it changes anything and by the operator's placement e
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from eplb_core.arrays import IntArray, to_numpy
+
+if TYPE_CHECKING:
+    import torch
 
 
 def placement_error(
-    phy2log: torch.Tensor,
+    phy2log: npt.ArrayLike | torch.Tensor,
     num_slots: int,
     num_experts: int,
     layer_ids: list[int] | None = None,
@@ -21,22 +29,23 @@ def placement_error(
     with at least one replica in every layer.  ``layer_ids`` ``[L]`` names the rows in the
     message (default: row index).
     """
-    if phy2log.dim() != 2:
-        return f"placement must be [layers, slots], got shape {list(phy2log.shape)}"
-    if phy2log.dtype.is_floating_point or phy2log.dtype == torch.bool:
-        return f"placement must hold integer expert ids, got {phy2log.dtype}"
-    if phy2log.shape[1] != num_slots:
-        return f"placement has {phy2log.shape[1]} slots per layer, expected {num_slots}"
-    if phy2log.numel() == 0:
+    rows = to_numpy(phy2log)
+    if rows.ndim != 2:
+        return f"placement must be [layers, slots], got shape {list(rows.shape)}"
+    if rows.dtype.kind not in "iu":
+        return f"placement must hold integer expert ids, got {_dtype_name(phy2log, rows)}"
+    if rows.shape[1] != num_slots:
+        return f"placement has {rows.shape[1]} slots per layer, expected {num_slots}"
+    if rows.size == 0:
         return None
-    low, high = int(phy2log.min()), int(phy2log.max())
+    low, high = int(rows.min()), int(rows.max())
     if low < 0 or high >= num_experts:
         bad = low if low < 0 else high
         return f"placement names expert {bad}, outside [0, {num_experts})"
-    counts = torch.zeros(phy2log.shape[0], num_experts, dtype=torch.int64)
-    counts.scatter_add_(1, phy2log.long(), torch.ones_like(phy2log, dtype=torch.int64))
-    missing = (counts == 0).nonzero()
-    if missing.numel():
+    cells = np.arange(rows.shape[0])[:, None] * num_experts + rows.astype(np.int64)
+    counts = np.bincount(cells.ravel(), minlength=rows.shape[0] * num_experts)
+    missing = np.argwhere(counts.reshape(rows.shape[0], num_experts) == 0)
+    if missing.size:
         row, expert = (int(v) for v in missing[0])
         layer = layer_ids[row] if layer_ids is not None else row
         return (
@@ -46,7 +55,13 @@ def placement_error(
     return None
 
 
-def start_up_placement(num_layers: int, num_slots: int, num_experts: int) -> torch.Tensor:
-    """``[L, P]``: slot p holds expert ``p mod E`` (what engines load before any EPLB)."""
-    row = torch.arange(num_slots, dtype=torch.int64) % num_experts
-    return row.unsqueeze(0).repeat(num_layers, 1)
+def start_up_placement(num_layers: int, num_slots: int, num_experts: int) -> IntArray:
+    """``[L, P]`` int64: slot p holds expert ``p mod E`` (what engines load before any EPLB)."""
+    row = np.arange(num_slots, dtype=np.int64) % num_experts
+    return np.tile(row, (num_layers, 1))
+
+
+def _dtype_name(given: object, rows: npt.NDArray[np.generic]) -> str:
+    """The dtype as the caller knows it (``torch.float32`` for a tensor)."""
+    dtype = getattr(given, "dtype", None)
+    return str(dtype) if dtype is not None else str(rows.dtype)

@@ -56,7 +56,7 @@ def test_sglang_groups_restart_one_at_a_time_onto_a_placement_from_their_dumps(
     world: StandinWorld,
 ) -> None:
     # Paused: the pods started from revision 0, the start-up placement (slot p, expert p mod E).
-    start = start_up_placement(len(LAYER_IDS), EXPERTS + REDUNDANT, EXPERTS)
+    start = torch.from_numpy(start_up_placement(len(LAYER_IDS), EXPERTS + REDUNDANT, EXPERTS))
     world.wait(lambda: world.condition("Progressing").get("reason") == "Paused", 30, "paused")
     for pods in world.group_pods().values():
         for pod in pods:

@@ -32,7 +32,7 @@ class Engine:
     def __init__(self, scratch: Path) -> None:
         # Slot p holds expert p mod E: slots 8..11 are replicas of experts 0..3, so a
         # record's physical load folds two slots into one expert for those.
-        p2l = start_up_placement(len(LAYER_IDS), MODEL.slots, MODEL.experts).numpy()
+        p2l = start_up_placement(len(LAYER_IDS), MODEL.slots, MODEL.experts)
         self.router = TokenRouter(MODEL, p2l)
         self.steps: list[StepLoad] = []
         source = scratch / "engine.jsonl"

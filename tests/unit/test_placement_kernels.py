@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eplb_operator.placement import Topology, rebalance, views
-from eplb_operator.placement.compiled import cardinality_bound
+from eplb_operator.placement.compiled import cardinality_bound, could_beat
 from eplb_operator.placement.count_search import exhaustive_options
 from eplb_operator.placement.packing import pack
 from eplb_operator.placement.replication import expand_replicas, replicate
@@ -39,6 +39,31 @@ def test_cardinality_bound_never_exceeds_the_optimum(
     assert bound <= best_packing(weights, num_bins) + 1e-9
     # And it is at least the classic bound (mean bin, heaviest item).
     assert bound >= max(weights.sum() / num_bins, weights[0]) - 1e-9
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from([(2, 2), (2, 3), (3, 2), (4, 2), (2, 4), (3, 3)]),
+    st.lists(st.integers(0, 1000), min_size=9, max_size=9),
+    st.floats(0.98, 1.08),
+)
+def test_could_beat_is_false_only_when_no_packing_beats_the_best(
+    shape: tuple[int, int], values: list[int], margin: float
+) -> None:
+    """The exhaustive count search drops a candidate when ``could_beat`` says no packing of
+    it gets under the best so far: that must never drop one that does (equal weights
+    included, which the search skips as repeats)."""
+    num_bins, per_bin = shape
+    weights = np.sort(np.array(values[: num_bins * per_bin], dtype=np.float64))[::-1].copy()
+    optimum = best_packing(weights, num_bins)
+    best = optimum * margin
+    index = np.empty((3, len(weights)), dtype=np.int64)
+    value = np.empty((2, len(weights)), dtype=np.float64)
+    answer = could_beat(weights, num_bins, best, index, value)
+    if optimum < best * (1 - 1e-12):
+        assert answer
+    elif optimum > best * (1 + 1e-6):
+        assert not answer  # and it does prune: nothing fits under the best
 
 
 @settings(max_examples=60, deadline=None)

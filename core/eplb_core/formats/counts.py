@@ -13,18 +13,18 @@ from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 import numpy as np
-import torch
 
+from eplb_core.arrays import is_tensor, to_numpy
 from eplb_core.errors import InvalidInputError
 
 MAX_COUNT = 2**53
 
 
 def _as_numpy(values: Any, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    if is_tensor(values):
         if values.is_complex():
             raise InvalidInputError(f"{what} holds complex numbers")
-        return values.detach().cpu().numpy()
+        return to_numpy(values)
     if isinstance(values, list) and _holds_bool(values):
         # numpy would read true/false among numbers as 1/0
         raise InvalidInputError(f"{what} must hold numbers, got true/false values")
@@ -133,13 +133,18 @@ def fold_slots(slot_load: np.ndarray, phy2log: np.ndarray, num_experts: int) -> 
     unused = phy2log < 0
     if unused.any() and (slot_load[..., unused] > 0).any():
         raise InvalidInputError("an unused slot (-1 in the placement in force) counted tokens")
-    # -1 slots add into a spare column that is dropped.
-    index = torch.from_numpy(np.where(unused, num_experts, phy2log))
-    load = torch.from_numpy(np.ascontiguousarray(slot_load, dtype=np.float64))
-    flat = load.reshape(-1, *phy2log.shape)
-    result = torch.zeros(flat.shape[0], phy2log.shape[0], num_experts + 1, dtype=torch.float64)
-    result.scatter_add_(2, index.unsqueeze(0).expand_as(flat), flat)
-    return result[..., :num_experts].reshape(*slot_load.shape[:-1], num_experts).numpy()
+    # One bincount over (leading index, layer, expert) cells; -1 slots add into a spare
+    # column that is dropped.
+    layers, slots = phy2log.shape
+    flat = np.ascontiguousarray(slot_load, dtype=np.float64).reshape(-1, layers, slots)
+    column = np.where(unused, num_experts, phy2log).astype(np.int64)
+    cells = (np.arange(layers)[:, None] * (num_experts + 1) + column)[None] + (
+        np.arange(flat.shape[0])[:, None, None] * layers * (num_experts + 1)
+    )
+    sums = np.bincount(
+        cells.ravel(), weights=flat.ravel(), minlength=flat.shape[0] * layers * (num_experts + 1)
+    ).reshape(flat.shape[0], layers, num_experts + 1)
+    return sums[..., :num_experts].reshape(*slot_load.shape[:-1], num_experts)
 
 
 def one_line(error: BaseException, limit: int = 160) -> str:

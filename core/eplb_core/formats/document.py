@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from eplb_core.arrays import FloatArray, IntArray, to_numpy
 from eplb_core.errors import InvalidInputError
 from eplb_core.formats.layers import span
 
@@ -20,7 +19,7 @@ class PlacementDocument:
     Entries of -1 mark unused slots (vLLM's elastic EP); readers pass them on unchanged.
     """
 
-    phy2log: torch.Tensor
+    phy2log: IntArray
     layer_ids: list[int]
     model: str | None = None
     num_experts: int | None = None
@@ -31,17 +30,23 @@ class PlacementDocument:
     hidden_layers: int | None = None
     rows_are_hidden_layers: bool = False
     layer_updates_per_iter: int = 0  # TensorRT-LLM's online balancer: 0 keeps the placement
-    windows: torch.Tensor | None = None
+    windows: FloatArray | None = None
     steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # numpy, whatever the caller held (a torch tensor from the operator's revisions).
+        object.__setattr__(self, "phy2log", to_numpy(self.phy2log))
+        if self.windows is not None:
+            object.__setattr__(self, "windows", to_numpy(self.windows))
 
     @property
     def experts_named(self) -> int:
         """E: the experts the document says it places (its largest id + 1 when it does not)."""
         if self.num_experts is not None:
             return self.num_experts
-        return int(self.phy2log.max()) + 1 if self.phy2log.numel() else 0
+        return int(self.phy2log.max()) + 1 if self.phy2log.size else 0
 
-    def rows_for(self, layer_ids: list[int], what: str) -> torch.Tensor:
+    def rows_for(self, layer_ids: list[int], what: str) -> IntArray:
         """``[len(layer_ids), P]``: the rows of these engine layers (``what`` names the
         document in errors)."""
         rows = self.phy2log.shape[0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from eplb_core.arrays import FloatArray
 from eplb_core.errors import InvalidInputError
 
 # Engines write a record per step; longer recordings are summed into consecutive groups so a
@@ -24,7 +24,7 @@ class LoadStats:
     label of each window.
     """
 
-    windows: torch.Tensor
+    windows: FloatArray
     layer_ids: list[int]
     model: str | None
     source_format: str
@@ -33,9 +33,10 @@ class LoadStats:
     layer_ids_assumed: bool = False  # True: nothing said which layers these are; 0..L-1 taken
 
     @property
-    def load(self) -> torch.Tensor:
+    def load(self) -> FloatArray:
         """``[L, E]``: the windows summed."""
-        return self.windows.sum(dim=0)
+        total: FloatArray = self.windows.sum(axis=0)
+        return total
 
     @property
     def num_layers(self) -> int:

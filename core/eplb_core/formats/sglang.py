@@ -19,8 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from eplb_core.errors import InvalidInputError
 from eplb_core.formats.counts import count_array, id_array, one_line
 from eplb_core.formats.document import PlacementDocument
@@ -43,6 +41,8 @@ def read_sglang(path: Path) -> RawStats:
         try:
             with warnings.catch_warnings():  # a foreign pickle's warnings are not for the user
                 warnings.simplefilter("ignore")
+                import torch  # only for the recorder's torch files
+
                 document = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch.load raises many types for corrupt or foreign files
             detail = (
@@ -91,7 +91,7 @@ def render_map(doc: PlacementDocument) -> str:
     num_slots = doc.phy2log.shape[1]
     hidden = doc.hidden_layers if doc.hidden_layers is not None else doc.layer_ids[-1] + 1
     table = start_up_placement(hidden, num_slots, doc.experts_named)
-    table[doc.layer_ids] = doc.phy2log.long()
+    table[doc.layer_ids] = doc.phy2log
     body = ",\n".join("    " + json.dumps(row, separators=(",", ":")) for row in table.tolist())
     return '{\n  "' + MAP_KEY + '": [\n' + body + "\n  ]\n}\n"
 
@@ -103,8 +103,8 @@ def parse_map(document: dict[str, Any]) -> PlacementDocument:
         raise InvalidInputError(
             f"SGLang's --init-expert-location map takes only {MAP_KEY}; found also {extra}"
         )
-    rows = torch.from_numpy(id_array(document[MAP_KEY], MAP_KEY, dims=2))
-    if rows.numel() == 0:
+    rows = id_array(document[MAP_KEY], MAP_KEY, dims=2)
+    if rows.size == 0:
         raise InvalidInputError(f"{MAP_KEY} is empty")
     return PlacementDocument(
         rows,

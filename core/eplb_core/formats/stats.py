@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from eplb_core.errors import InvalidInputError
 from eplb_core.formats import sglang, trtllm, vllm
 from eplb_core.formats.counts import (
@@ -186,7 +184,7 @@ def _settle(raw: RawStats, options: ReadOptions) -> LoadStats:
     if total.sum() == 0:
         raise InvalidInputError(f"no tokens were counted (steps {options.steps})")
     return LoadStats(
-        torch.from_numpy(windows.copy()),
+        windows.copy(),
         layers.layer_ids,
         raw.model,
         raw.source_format,

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from eplb_core.errors import InvalidInputError
 from eplb_core.formats.counts import (
@@ -132,7 +131,7 @@ def _per_expert(
             f"{recorded.layer_updates_per_iter}): per-slot counts cannot be folded back; "
             "record with layer_updates_per_iter: 0"
         )
-    rows = recorded.rows_for(layers, "--previous").long().numpy()
+    rows = recorded.rows_for(layers, "--previous").astype(np.int64)
     return fold_slots(windows, rows, num_experts)
 
 
@@ -187,6 +186,4 @@ def parse_balancer(document: dict[str, Any]) -> PlacementDocument:
     updates = document.get("layer_updates_per_iter", 0)
     if not is_integer(updates, 0):
         raise InvalidInputError("layer_updates_per_iter must be an integer >= 0")
-    return PlacementDocument(
-        torch.from_numpy(rows), [layer for layer, _ in keys], layer_updates_per_iter=updates
-    )
+    return PlacementDocument(rows, [layer for layer, _ in keys], layer_updates_per_iter=updates)

@@ -223,12 +223,12 @@ def render_stats(doc: PlacementDocument) -> str:
         raise InvalidInputError("vLLM stats need the load the placement was planned from")
     if doc.num_ranks is None:
         raise InvalidInputError("vLLM stats need the number of ranks")
-    phy2log = doc.phy2log.long().numpy()
+    phy2log = doc.phy2log.astype(np.int64)
     if (phy2log < 0).any():
         raise InvalidInputError("vLLM stats need every slot used (no -1)")
     num_layers, num_slots = phy2log.shape
     num_experts = doc.experts_named
-    counts = np.rint(doc.windows.double().numpy()).astype(np.int64)  # [T, L, E]
+    counts = np.rint(doc.windows.astype(np.float64)).astype(np.int64)  # [T, L, E]
     replicas = np.zeros((num_layers, num_experts), dtype=np.int64)
     np.add.at(replicas, (np.arange(num_layers)[:, None], phy2log), 1)
     # k[l, p]: which replica of its expert slot p is (0 for the first slot holding it).

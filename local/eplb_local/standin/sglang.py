@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
 def load_map(location: str, model: StandinModel) -> np.ndarray:
     """``[H, P]`` physical_to_logical_map of every hidden layer."""
     if location == "trivial":
-        return start_up_placement(model.hidden_layers, model.slots, model.experts).numpy()
+        return start_up_placement(model.hidden_layers, model.slots, model.experts)
     try:
         document = json.loads(Path(location).read_text())
         if not isinstance(document, dict) or MAP_KEY not in document:
@@ -73,7 +73,7 @@ def load_map(location: str, model: StandinModel) -> np.ndarray:
     problem = placement_error(moe, model.slots, model.experts, model.moe_layer_ids)
     if problem is not None:
         fail("sglang", f"--init-expert-location {location}: {problem}")
-    return rows.numpy()
+    return rows
 
 
 class Recorder:

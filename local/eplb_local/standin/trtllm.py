@@ -79,7 +79,7 @@ def placement_of(balancer: PlacementDocument | None, model: StandinModel) -> np.
     problem = placement_error(balancer.phy2log, model.slots, model.experts, layers)
     if problem is not None:
         fail("trtllm", f"initial_global_assignments: {problem}")
-    return balancer.phy2log.numpy()
+    return balancer.phy2log
 
 
 class ExpertStatistic:

@@ -56,7 +56,7 @@ def startup_placement(config: dict[str, Any], model: StandinModel) -> np.ndarray
     layers = len(model.moe_layer_ids)
     path = config.get("read_stats_path")
     if not path:
-        return start_up_placement(layers, model.slots, model.experts).numpy()
+        return start_up_placement(layers, model.slots, model.experts)
     try:
         with open(path) as file:
             meta = json.loads(file.readline())
@@ -74,7 +74,7 @@ def startup_placement(config: dict[str, Any], model: StandinModel) -> np.ndarray
         fail("vllm", f"read_stats_path {path}: {stats.num_experts} experts, the model "
                      f"{model.experts}")  # fmt: skip
     topology = Topology(model.experts, model.ranks, model.slots_per_rank, 1, 1)
-    return rebalance(stats.load, topology).numpy()
+    return rebalance(stats.load, topology)
 
 
 class StatsWriter:

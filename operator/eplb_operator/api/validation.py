@@ -7,13 +7,21 @@ messages before anything is stored.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import celpy
+import lark
 from celpy.adapter import json_to_cel
-from jsonschema import Draft202012Validator
+from celpy.celparser import CELParser
+
+if TYPE_CHECKING:  # jsonschema loads only for schema checks (not CEL rules: `eplb plan`)
+    from jsonschema import Draft202012Validator
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,27 @@ def validate(schema: dict[str, Any], value: Any) -> list[Violation]:
 
 def evaluate_rules(rules: list[dict[str, str]], value: Any) -> list[str]:
     """Messages of the CEL ``rules`` that ``value`` (bound to ``self``) fails."""
+    try:
+        key = json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON data: evaluated, not remembered
+        return _evaluate(rules, value)
+    pairs = tuple((rule["rule"], rule["message"]) for rule in rules)
+    return list(_evaluate_remembered(pairs, key))
+
+
+@lru_cache(maxsize=64)
+def _evaluate_remembered(rules: tuple[tuple[str, str], ...], value: str) -> tuple[str, ...]:
+    """``evaluate_rules`` by value: one placement's spec.model is checked several times on its
+    way out of ``eplb plan`` (its limits, its rendering, the whole ExpertPlacement), and celpy
+    takes tens of milliseconds over a 61-layer model's layer ids each time."""
+    return tuple(
+        _evaluate(
+            [{"rule": rule, "message": message} for rule, message in rules], json.loads(value)
+        )
+    )
+
+
+def _evaluate(rules: list[dict[str, str]], value: Any) -> list[str]:
     failed = []
     for rule in rules:
         try:
@@ -109,8 +138,39 @@ def _cel(schema: dict[str, Any], value: Any, path: str, out: list[Violation]) ->
 
 @lru_cache(maxsize=256)
 def _program(rule: str) -> Any:
+    _load_cel_parser()
     environment = celpy.Environment()
     return environment.program(environment.compile(rule))
+
+
+def _load_cel_parser() -> None:
+    """Give celpy its CEL parser from Lark's on-disk cache of the analysed grammar.
+
+    celpy builds the parser once per process from its grammar, a fifth of a second (as much
+    as a one-shot ``eplb plan`` computes); Lark's cache loads it in a hundredth.  The
+    options are celpy's own (``CELParser.__init__``); Lark keys the file by grammar and
+    options, rebuilding on any change, and carries on without it where it cannot write.
+    """
+    if CELParser.CEL_PARSER is not None:
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eplb"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # celpy builds it as usual
+    CELParser.CEL_PARSER = lark.Lark(
+        (Path(celpy.__file__).parent / "cel.lark").read_text(),
+        parser="lalr",
+        start="expr",
+        debug=True,
+        g_regex_flags=re.M,
+        lexer_callbacks={"IDENT": CELParser.ambiguous_literals},
+        propagate_positions=True,
+        maybe_placeholders=False,
+        priority="invert",
+        tree_class=lark.Tree,
+        cache=str(cache / f"cel-parser-lark-{lark.__version__}.cache"),
+    )
 
 
 # Compiled validators by schema identity (the schema object is kept to pin the id).
@@ -120,6 +180,8 @@ _cache: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
     entry = _cache.get(id(schema))
     if entry is None or entry[0] is not schema:
+        from jsonschema import Draft202012Validator
+
         entry = (schema, Draft202012Validator(schema))
         _cache[id(schema)] = entry
     return entry[1]

@@ -13,9 +13,10 @@ import typer
 
 from eplb_core.errors import InvalidInputError
 
-if TYPE_CHECKING:  # torch, numba and scipy load only when a plan is computed
-    import torch
+if TYPE_CHECKING:  # numpy, numba and scipy load only when a plan is computed (never torch)
+    import numpy.typing as npt
 
+    from eplb_core.arrays import FloatArray, IntArray
     from eplb_core.formats.stats import LoadStats
     from eplb_operator.formats.mappings import PlacementDocument
     from eplb_operator.placement import Plan, Topology
@@ -193,14 +194,17 @@ def plan_command(
         _print_table(summary)
 
 
-def _plan(request: PlanRequest) -> tuple[Plan, PlacementDocument]:
-    import torch
+def _plan(request: PlanRequest) -> tuple[Plan[npt.NDArray[Any]], PlacementDocument]:
+    import numpy as np
 
     from eplb_core.formats.layers import LayerRequest
     from eplb_core.formats.stats import ReadOptions, StepWindow, read_stats
     from eplb_operator.formats.expertplacement import check_api_limits
     from eplb_operator.formats.mappings import PlacementDocument, read_placement
     from eplb_operator.placement import PlanOptions, Topology, plan
+    from eplb_operator.placement.rebalance import warm_up
+
+    warm_up(one_shot=True)  # this process only plans: numba's BLAS probe is skipped
 
     if (request.redundant is None) == (request.slots_per_rank is None):
         raise InvalidInputError("give exactly one of --redundant and --slots-per-rank")
@@ -223,7 +227,7 @@ def _plan(request: PlanRequest) -> tuple[Plan, PlacementDocument]:
         )
     previous = _previous_rows(recorded, stats, topology, layer_ids) if recorded else None
     doc = PlacementDocument(
-        torch.zeros(len(layer_ids), topology.num_slots, dtype=torch.int64),
+        np.zeros((len(layer_ids), topology.num_slots), dtype=np.int64),
         layer_ids,
         stats.model,
         topology.num_experts,
@@ -281,7 +285,7 @@ def _layers_of(
 
 def _previous_rows(
     recorded: PlacementDocument, stats: LoadStats, topology: Topology, layer_ids: list[int]
-) -> torch.Tensor:
+) -> IntArray:
     """``[L, P]``: the placement in service for the stats' layers.  Rows with -1 (unused
     slots) are passed on unchanged: the placement engine decides what they mean."""
     from eplb_operator.formats.mappings import topology_matches
@@ -305,7 +309,7 @@ def _previous_rows(
     return rows
 
 
-def _plot(result: Plan, doc: PlacementDocument, path: Path) -> Path:
+def _plot(result: Plan[npt.NDArray[Any]], doc: PlacementDocument, path: Path) -> Path:
     """Draw the heatmap into a temporary file beside ``path``; the caller moves it into place
     once the placement is written (so a failure leaves neither)."""
     from eplb_operator.report.heatmaps import plot_rank_loads
@@ -330,7 +334,7 @@ def _move(source: Path, target: Path) -> None:
         raise InvalidInputError(f"cannot write {target} ({error.strerror})") from None
 
 
-def rank_loads_of(load: torch.Tensor, placement: torch.Tensor, ranks: int) -> torch.Tensor:
+def rank_loads_of(load: FloatArray, placement: IntArray, ranks: int) -> FloatArray:
     from eplb_operator.placement.views import rank_loads
 
     return rank_loads(load, placement, ranks)
@@ -343,7 +347,7 @@ def _default_name(output: Path) -> str:
 
 
 def _summary(
-    result: Plan, doc: PlacementDocument, output: Path, output_format: str
+    result: Plan[npt.NDArray[Any]], doc: PlacementDocument, output: Path, output_format: str
 ) -> dict[str, Any]:
     """Figures per MoE layer and their means; layers that counted no token (nothing to
     balance, so no imbalance of 1.0 to average in) are listed apart."""

@@ -270,7 +270,7 @@ class Reconciler:
         if error is not None:
             raise InvalidInputError(error)
         return await self._create_revision(
-            obj, revisions, phy2log, None, "offline", None, 0, text_digest
+            obj, revisions, torch.from_numpy(phy2log), None, "offline", None, 0, text_digest
         )
 
     async def _online(

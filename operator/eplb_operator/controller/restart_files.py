@@ -41,7 +41,7 @@ def startup_file(
     InvalidInputError when the engine cannot take it."""
     topology = spec.placement_topology()
     doc = PlacementDocument(
-        placement.long(),
+        placement.long().numpy(),
         spec.model.engine_layer_ids(),
         model=spec.model.name,
         num_experts=topology.num_experts,
@@ -50,7 +50,7 @@ def startup_file(
         num_groups=spec.model.groups,
         num_nodes=topology.num_nodes,
         hidden_layers=spec.model.hidden_layers,
-        windows=None if load is None else load.double().unsqueeze(0),
+        windows=None if load is None else load.double().unsqueeze(0).numpy(),
     )
     return render(doc, spec.engine, "")  # type: ignore[arg-type]  # engine != table here
 
@@ -61,7 +61,9 @@ def startup_revision(spec: ExpertPlacementSpec) -> tuple[torch.Tensor, torch.Ten
     topology = spec.placement_topology()
     layers = spec.model.layers
     placement = start_up_placement(layers, topology.num_slots, topology.num_experts)
-    return placement, torch.ones(layers, topology.num_experts, dtype=torch.float64)
+    return torch.from_numpy(placement), torch.ones(
+        layers, topology.num_experts, dtype=torch.float64
+    )
 
 
 def config_map_body(owner: dict[str, Any], number: int, engine: str, text: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The placement policy: pure functions on tensors, no I/O.
+"""The placement policy: pure functions on arrays (numpy, or torch tensors as given), no I/O.
 
 Public surface: ``Topology``, ``rebalance`` (a fresh placement), ``plan`` (per-layer,
 migration-aware, budgeted decisions) and the derived views in ``views``.

@@ -45,6 +45,11 @@ DONORS = 8
 CROWDED_DONORS = 2
 RECEIVERS = 8
 CANDIDATES_PER_ROUND = 8
+# Exhaustive search: before a candidate is packed, a depth-first search over its bins
+# settles whether any packing of it could beat the best so far (problems of at most this
+# many replicas, at most this many search steps; past either, it is packed anyway).
+FEASIBILITY_ITEMS = 24
+FEASIBILITY_STEPS = 256
 
 
 class Workspace(NamedTuple):
@@ -404,6 +409,8 @@ class ProblemWorkspace(NamedTuple):
     loads: FloatArray  # [m] bin loads
     candidate_content: IntArray  # [m, P/m] a candidate's bins
     candidate_loads: FloatArray  # [m]
+    search_index: IntArray  # [3, P] scratch of ``could_beat``
+    search_value: FloatArray  # [2, P]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -426,6 +433,8 @@ def new_problem_workspace(num_items: int, num_slots: int, num_bins: int) -> Prob
         np.empty(num_bins, dtype=np.float64),
         np.empty((num_bins, num_slots // num_bins), dtype=np.int64),
         np.empty(num_bins, dtype=np.float64),
+        np.empty((3, num_slots), dtype=np.int64),
+        np.empty((2, num_slots), dtype=np.float64),
     )
 
 
@@ -506,6 +515,38 @@ def solve(
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _replica_order(share: FloatArray) -> IntArray:
+    """``[n·(K−1), 2]``: every (expert, count ≥ 1) of ``share`` ``[n, K]``, heaviest replica
+    first, equal ones by ascending expert (``_expand``'s order)."""
+    most = share.shape[1] - 1
+    flat = np.argsort(-np.ascontiguousarray(share[:, 1:]).ravel(), kind="mergesort")
+    order = np.empty((flat.shape[0], 2), dtype=np.int64)
+    for t in range(flat.shape[0]):
+        order[t, 0] = flat[t] // most
+        order[t, 1] = flat[t] % most + 1
+    return order
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _expand_in_order(
+    counts: IntArray, share: FloatArray, order: IntArray, weight: FloatArray
+) -> None:
+    """``weight`` ``[P]``: the replica weights of ``counts`` ``[n]``, heaviest first, as
+    ``_expand`` orders them, without a sort per candidate: walk every (expert, count)
+    heaviest first and keep those ``counts`` picks, until the slots are full."""
+    position, num_slots = 0, weight.shape[0]
+    for t in range(order.shape[0]):
+        k = order[t, 1]
+        if counts[order[t, 0]] == k:
+            value = share[order[t, 0], k]
+            for _ in range(k):
+                weight[position] = value
+                position += 1
+            if position == num_slots:
+                return
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _try(
     share: FloatArray,
     num_bins: int,
@@ -514,16 +555,27 @@ def _try(
     floor: float,
     max_swaps: int,
     work: ProblemWorkspace,
+    order: IntArray,
 ) -> float:
     """Heaviest bin of ``option``'s packing (refined by at most ``max_swaps`` swaps), or
-    ``inf`` when its lower bound cannot beat ``best``.  ``share`` ``[n, K]``: load / k of
-    each expert for ``k < K``.  Leaves the packing in ``work.candidate_content`` over
-    ``work.candidate``."""
-    for e in range(option.shape[0]):
-        work.candidate.share[e] = share[e, option[e]]
-    _expand(option, work.candidate)
+    ``inf`` when it cannot beat ``best``: by its lower bound, or (exhaustive search) by
+    ``could_beat``.  ``share`` ``[n, K]``: load / k of each expert for ``k < K``.
+    ``order`` ``[T, 2]``: every (expert, count) heaviest replica first
+    (``_replica_order``), for the exhaustive search; ``[0, 2]`` for the local one.  Leaves
+    the packing in ``work.candidate_content`` over ``work.candidate`` (with ``order``, over
+    its weights only)."""
+    if order.shape[0] > 0:  # the weights only: the search keeps the counts, not the packing
+        _expand_in_order(option, share, order, work.candidate.weight)
+    else:
+        for e in range(option.shape[0]):
+            work.candidate.share[e] = share[e, option[e]]
+        _expand(option, work.candidate)
     weights = work.candidate.weight
     if cardinality_bound(weights, num_bins) >= best * (1 - IMPROVEMENT):
+        return np.inf
+    if order.shape[0] > 0 and not could_beat(
+        weights, num_bins, best, work.search_index, work.search_value
+    ):
         return np.inf
     return pack_sorted(
         weights,
@@ -534,6 +586,98 @@ def _try(
         floor,
         max_swaps,
     )
+
+
+@numba.njit(cache=True, error_model="numpy")
+def could_beat(
+    weights: FloatArray, num_bins: int, best: float, index: IntArray, value: FloatArray
+) -> bool:
+    """Could some packing of ``weights`` ``[n]`` (heaviest first) into ``num_bins`` bins of
+    ``n/m`` have its heaviest bin below ``best``?  False only when none can.
+
+    Every bin must then lie in ``[total − (m − 1)·best, best)``: near the optimum that
+    window is a few percent of a bin wide, and few ways to fill a bin fit in it.  A
+    depth-first search fills bins one by one, each opened with the heaviest replica left
+    (so no packing is visited twice), adding replicas in weight order, skipping one equal
+    to the last tried (the same state again) and cutting a bin whose lightest completion
+    is too heavy or heaviest too light.  Problems over ``FEASIBILITY_ITEMS`` replicas, or
+    searches past ``FEASIBILITY_STEPS``, answer True (the candidate is packed as before).
+    Iterative: numba's cache breaks recursive functions.  ``index`` ``[3, ≥ n]`` and
+    ``value`` ``[2, ≥ n]`` are scratch.
+    """
+    num_items = weights.shape[0]
+    if num_items > FEASIBILITY_ITEMS or num_bins == 1:
+        return True
+    per_bin = num_items // num_bins
+    total = weights.sum()
+    # Below ``best`` as ``_exhaustive`` accepts it, widened by a rounding margin: summing
+    # in another order than the packing must never make a fitting candidate look unfit.
+    high = best * (1 - IMPROVEMENT) + 1e-9 * total
+    low = total - (num_bins - 1) * high - 1e-9 * total
+    pick, cursor, used = index[0], index[1], index[2]  # per depth; per replica (0 / 1)
+    tried, before = value[0], value[1]  # per depth: last weight tried, the bin's sum so far
+    used[:num_items] = 0
+    depth, steps = 0, FEASIBILITY_STEPS
+    cursor[0], tried[0], before[0] = 0, -1.0, 0.0
+    while True:
+        slot = depth % per_bin
+        left = per_bin - slot - 1  # replicas the bin needs after this one
+        chosen = -1
+        if slot == 0:  # the heaviest replica left opens the bin: one choice only
+            if cursor[depth] == 0:
+                chosen = 0
+                while used[chosen]:
+                    chosen += 1
+            cursor[depth] = num_items
+        else:
+            i = cursor[depth]
+            while i < num_items:
+                if used[i] or weights[i] == tried[depth]:
+                    i += 1
+                    continue
+                # Lightest completion: the ``left`` lightest free replicas after i.
+                lightest, found, j = 0.0, 0, num_items - 1
+                while found < left and j > i:
+                    if not used[j]:
+                        lightest += weights[j]
+                        found += 1
+                    j -= 1
+                if found < left:
+                    i = num_items  # too few replicas after i to close the bin
+                    break
+                if before[depth] + weights[i] + lightest >= high:
+                    i += 1  # too heavy; a lighter replica may fit
+                    continue
+                # Heaviest completion: the next ``left`` free replicas after i.
+                heaviest, found, j = 0.0, 0, i + 1
+                while found < left:
+                    if not used[j]:
+                        heaviest += weights[j]
+                        found += 1
+                    j += 1
+                if before[depth] + weights[i] + heaviest < low:
+                    i = num_items  # too light, and every later replica is lighter still
+                    break
+                chosen = i
+                break
+            cursor[depth] = i + 1
+        if chosen < 0:  # nothing (more) fits here: back to the previous choice
+            depth -= 1
+            if depth < 0:
+                return False
+            used[pick[depth]] = 0
+            continue
+        tried[depth] = weights[chosen]
+        load = before[depth] + weights[chosen]
+        if left == 0 and (load < low or load >= high):
+            continue
+        used[chosen], pick[depth] = 1, chosen
+        steps -= 1
+        depth += 1
+        if depth == num_items or steps < 0:
+            return True
+        cursor[depth], tried[depth] = (0, -1.0) if left == 0 else (chosen + 1, -1.0)
+        before[depth] = 0.0 if left == 0 else load
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -563,6 +707,7 @@ def _exhaustive(
     num_items = load.shape[0]
     mean = load.sum() / num_bins
     share = _share_table(load, options.max())
+    order = _replica_order(share)
     bounds = np.empty(options.shape[0], dtype=np.float64)
     below = np.empty(options.shape[0], dtype=np.int64)
     num_below = 0
@@ -579,7 +724,7 @@ def _exhaustive(
         if bounds[index] >= best * (1 - IMPROVEMENT):
             break  # this and every later option: no packing can beat the best
         c = below[index]
-        got = _try(share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work)
+        got = _try(share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work, order)
         if got < best * (1 - IMPROVEMENT):
             best, best_option = got, c
     if best_option >= 0:
@@ -610,6 +755,7 @@ def _local(
     num_items = load.shape[0]
     per_bin = content.shape[1]
     share = _share_table(load, work.replicas.expert.shape[0] - num_items + 1)
+    no_order = np.empty((0, 2), dtype=np.int64)  # candidates sorted one by one
     num_pairs = (DONORS + CROWDED_DONORS) * RECEIVERS
     options = np.empty((num_pairs, num_items), dtype=np.int64)
     estimates = np.empty(num_pairs, dtype=np.float64)
@@ -694,7 +840,9 @@ def _local(
         ranked = ranked[np.argsort(bounds[:found][ranked], kind="mergesort")]
         for start in range(0, found, CANDIDATES_PER_ROUND):
             for c in ranked[start : start + CANDIDATES_PER_ROUND]:
-                got = _try(share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work)
+                got = _try(
+                    share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work, no_order
+                )
                 if got < best * (1 - IMPROVEMENT):
                     best, best_option = got, c
                     bins[:] = work.candidate_content

@@ -8,10 +8,15 @@ the bound of any counts (mean bin, min-max hottest replica) by more than
 
 - small problems (at most ``EXHAUSTIVE_LIMIT`` ways to share the extra slots): every count
   vector whose own bound (mean bin, hottest replica) is below the best packing so far, in
-  bound order.  On Mixtral's shape that is 100–330 packings per layer: the bound says
+  bound order.  On Mixtral's shape that is 100–330 candidates per layer: the bound says
   little about how well replicas of given weights fit three to a rank, and every cheaper
   ranking we measured (largest differencing without refinement, a capped number of
-  candidates, neighbourhood or placement-level local search) loses 0.3–3% of balance;
+  candidates, neighbourhood or placement-level local search) loses 0.3–3% of balance.
+  So rather than ranking them, each candidate is first checked exactly
+  (``compiled.could_beat``): near the best, every rank must land in a window a few
+  percent wide, and a small depth-first search over the replicas shows that no packing
+  of most candidates fits it.  Only the rest (3–10 per layer on Mixtral, from ~90) are
+  packed; the result is the same as packing them all;
 - larger ones: rounds of moving one replica from a donor to a receiver, while they
   improve.  Receivers are the experts with the heaviest replicas *and the experts on the
   heaviest rank of the current packing* (one more replica of those lightens exactly the

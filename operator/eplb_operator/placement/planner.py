@@ -17,10 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic
 
 import numpy as np
-import torch
 
+from eplb_core.arrays import ArrayT, FloatArray, IntArray, like, to_numpy
 from eplb_core.errors import InvalidInputError
 from eplb_operator.placement import views
 from eplb_operator.placement.alignment import align_to_previous
@@ -28,8 +29,8 @@ from eplb_operator.placement.gate import load_similarity
 from eplb_operator.placement.incremental import Waypoint, search_path
 from eplb_operator.placement.rebalance import (
     Mode,
+    fresh_placement,
     groups_of_node_in,
-    rebalance,
     rebalance_within_nodes,
     resolve_mode,
     warm_up,
@@ -103,12 +104,14 @@ class LayerPlan:
 
 
 @dataclass(frozen=True)
-class Plan:
-    placement: torch.Tensor  # [L, P] int64
+class Plan(Generic[ArrayT]):
+    """A plan; its arrays are numpy arrays or torch tensors, as the load given to ``plan``."""
+
+    placement: ArrayT  # [L, P] int64
     layers: list[LayerPlan] = field(default_factory=list)
     compute_seconds: float = 0.0
-    load: torch.Tensor | None = None  # [L, E] the plan was made for
-    previous: torch.Tensor | None = None  # [L, P] it replaces (identity when there was none)
+    load: ArrayT | None = None  # [L, E] the plan was made for
+    previous: ArrayT | None = None  # [L, P] it replaces (identity when there was none)
 
     @property
     def moves(self) -> int:
@@ -125,22 +128,23 @@ class Plan:
 
 @dataclass
 class _Choice:
-    placement: np.ndarray
+    placement: IntArray
     moves: int
     imbalance: float
     path: list[Waypoint]
 
 
 def plan(
-    load: torch.Tensor,
+    load: ArrayT,
     topology: Topology,
-    previous: torch.Tensor | None = None,
-    reference_load: torch.Tensor | None = None,
+    previous: ArrayT | None = None,
+    reference_load: ArrayT | None = None,
     options: PlanOptions | None = None,
-) -> Plan:
+) -> Plan[ArrayT]:
     """Plan placements for ``load`` ``[L, E]``; ``previous`` ``[L, P]`` is the one in service
     (``-1`` marks an unused slot; the plan fills every slot), ``reference_load`` ``[L, E]``
-    the load it was computed from (for the similarity gate)."""
+    the load it was computed from (for the similarity gate).  Numpy arrays or torch
+    tensors: the plan's arrays are of the kind ``load`` is."""
     options = options or PlanOptions()
     warm_up()  # compute_seconds counts computation, not numba loading its kernels
     started = time.perf_counter()
@@ -155,13 +159,14 @@ def plan(
     if reference_load is not None:
         views.validate_load(reference_load, topology.num_experts)
 
-    fresh = rebalance(load, topology, options.mode)
-    fresh_imbalance = views.imbalance(load, fresh, topology.num_ranks)
-    bound = views.imbalance_lower_bound(load, topology)
+    load_np = np.asarray(to_numpy(load), dtype=np.float64)
+    fresh = fresh_placement(load_np, topology, options.mode)
+    fresh_imbalance = views.imbalance(load_np, fresh, topology.num_ranks)
+    bound = views.imbalance_lower_bound(load_np, topology)
 
     if previous is None:
         identity = views.identity_placement(num_layers, topology)
-        before = views.imbalance(load, identity, topology.num_ranks)
+        before = views.imbalance(load_np, identity, topology.num_ranks)
         initial_moves = views.moves(identity, fresh)
         layers = [
             LayerPlan(
@@ -176,40 +181,55 @@ def plan(
             )
             for layer in range(num_layers)
         ]
-        return Plan(fresh, layers, time.perf_counter() - started, load, identity)
+        return Plan(
+            like(fresh, load),
+            layers,
+            time.perf_counter() - started,
+            load,
+            like(identity, load),
+        )
 
-    result, layers = _plan_against_previous(
-        load, topology, previous, reference_load, options, fresh, fresh_imbalance, bound
+    reference = (
+        None if reference_load is None else np.asarray(to_numpy(reference_load), dtype=np.float64)
     )
-    return Plan(torch.from_numpy(result), layers, time.perf_counter() - started, load, previous)
+    result, layers = _plan_against_previous(
+        load_np,
+        topology,
+        np.asarray(to_numpy(previous), dtype=np.int64),
+        reference,
+        options,
+        fresh,
+        fresh_imbalance,
+        bound,
+    )
+    return Plan(like(result, load), layers, time.perf_counter() - started, load, previous)
 
 
 def _plan_against_previous(
-    load: torch.Tensor,
+    load_np: FloatArray,
     topology: Topology,
-    previous: torch.Tensor,
-    reference_load: torch.Tensor | None,
+    served: IntArray,
+    reference_load: FloatArray | None,
     options: PlanOptions,
-    fresh: torch.Tensor,
-    fresh_imbalance: torch.Tensor,
-    bound: torch.Tensor,
-) -> tuple[np.ndarray, list[LayerPlan]]:
-    num_layers = load.shape[0]
+    fresh: IntArray,
+    fresh_imbalance: FloatArray,
+    bound: FloatArray,
+) -> tuple[IntArray, list[LayerPlan]]:
+    """``served`` ``[L, P]``: the placement in service, -1 where a slot is unused."""
+    num_layers = load_np.shape[0]
     hierarchical = resolve_mode(options.mode, topology) == "hierarchical"
     slack = options.slack_for(topology)
-    before = views.imbalance(load, previous, topology.num_ranks)
+    before = views.imbalance(load_np, served, topology.num_ranks)
     similarity = (
-        load_similarity(load, reference_load).tolist() if reference_load is not None else None
+        load_similarity(load_np, reference_load).tolist() if reference_load is not None else None
     )
-    load_np = load.double().numpy()
-    served = previous.long().numpy()  # [L, P], -1 where a slot is unused
     # Every layer is planned from a full placement; filled slots count as moves.
     previous_np = fill_unused_slots(served, load_np, topology, hierarchical)
     fills = (previous_np != served).sum(axis=1)
-    kept_imbalance = views.imbalance(load, torch.from_numpy(previous_np), topology.num_ranks)
-    aligned = align_to_previous(fresh.numpy(), previous_np, topology)
+    kept_imbalance = views.imbalance(load_np, previous_np, topology.num_ranks)
+    aligned = align_to_previous(fresh, previous_np, topology)
     aligned_moves = (aligned != served).sum(axis=1)
-    aligned_imbalance = fresh_imbalance.clone()
+    aligned_imbalance = fresh_imbalance.copy()
     if (
         hierarchical
         and topology.num_nodes > 1
@@ -217,13 +237,11 @@ def _plan_against_previous(
     ):
         # Keeping every group on its node moves far fewer weights; take it per layer when it
         # balances within slack of the free optimum.
-        on_nodes = rebalance_within_nodes(load, torch.from_numpy(previous_np), topology)
-        on_nodes_imbalance = views.imbalance(load, on_nodes, topology.num_ranks)
-        on_nodes_aligned = align_to_previous(on_nodes.numpy(), previous_np, topology)
+        on_nodes = rebalance_within_nodes(load_np, previous_np, topology)
+        on_nodes_imbalance = views.imbalance(load_np, on_nodes, topology.num_ranks)
+        on_nodes_aligned = align_to_previous(on_nodes, previous_np, topology)
         on_nodes_moves = (on_nodes_aligned != served).sum(axis=1)
-        better = (on_nodes_imbalance <= fresh_imbalance + slack).numpy() & (
-            on_nodes_moves < aligned_moves
-        )
+        better = (on_nodes_imbalance <= fresh_imbalance + slack) & (on_nodes_moves < aligned_moves)
         aligned[better] = on_nodes_aligned[better]
         aligned_moves[better] = on_nodes_moves[better]
         aligned_imbalance[better] = on_nodes_imbalance[better]
@@ -271,7 +289,7 @@ def _plan_against_previous(
         choices[layer] = choice
 
     moves = fills.astype(np.int64)
-    after = kept_imbalance.clone()
+    after = kept_imbalance.copy()
     # Largest gain first: when the budget runs short, the worst layers are fixed first.
     for layer in sorted(choices, key=lambda i: choices[i].imbalance - float(kept_imbalance[i])):
         choice = choices[layer]

@@ -17,11 +17,14 @@ best packing is 70 / 80, imbalance 1.067.  The count search tries ``[2, 2, 1, 1]
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
+from eplb_core.arrays import ArrayT, FloatArray, IntArray, like, to_numpy
 from eplb_core.errors import InvalidInputError
 from eplb_operator.placement.compiled import place_layers
 from eplb_operator.placement.count_search import exhaustive_options
@@ -29,6 +32,9 @@ from eplb_operator.placement.packing import members, pack
 from eplb_operator.placement.replication import replicate
 from eplb_operator.placement.topology import Topology
 from eplb_operator.placement.views import validate_load
+
+if TYPE_CHECKING:
+    from eplb_core.arrays import Array
 
 Mode = Literal["auto", "hierarchical", "global"]
 
@@ -46,39 +52,80 @@ def resolve_mode(mode: Mode, topology: Topology) -> Literal["hierarchical", "glo
     return mode
 
 
-def rebalance(load: torch.Tensor, topology: Topology, mode: Mode = "auto") -> torch.Tensor:
-    """Placement ``phy2log`` ``[L, P]`` int64 for ``load`` ``[L, E]`` (tokens per logical expert).
+def rebalance(load: ArrayT, topology: Topology, mode: Mode = "auto") -> ArrayT:
+    """Placement ``phy2log`` ``[L, P]`` int64 for ``load`` ``[L, E]`` (tokens per logical expert),
+    a numpy array or a torch tensor as ``load`` is.
 
     Within each rank, slots hold their experts in ascending id order, so equal input gives
     byte-identical output.
     """
     validate_load(load, topology.num_experts)
+    return like(fresh_placement(_floats(load), topology, mode), load)
+
+
+def fresh_placement(load: FloatArray, topology: Topology, mode: Mode = "auto") -> IntArray:
+    """``rebalance`` on numpy arrays, ``load`` ``[L, E]`` already checked."""
     if resolve_mode(mode, topology) == "global":
         topology = Topology(topology.num_experts, topology.num_ranks, topology.slots_per_rank, 1, 1)
-    return torch.from_numpy(_hierarchical(load.double().numpy(), topology))
+    return _hierarchical(load, topology)
 
 
-def warm_up() -> None:
+def _floats(load: Array) -> FloatArray:
+    return np.asarray(to_numpy(load), dtype=np.float64)
+
+
+def warm_up(one_shot: bool = False) -> None:
     """Load the compiled kernels now (numba does it on first call, from its on-disk cache).
 
     Call before timing a placement, so the one-off load is not counted as computation.
+    ``one_shot``: in a process that only plans (``eplb plan``), skip numba's probes for
+    optional packages (``_without_numba_probes``).
     """
-    topology = Topology(8, 4, 3, num_nodes=2, num_groups=2)
-    _hierarchical(np.arange(16.0).reshape(2, 8), topology)
-    replicate(np.ones((1, 2)), 3)
+    with _without_numba_probes() if one_shot else contextlib.nullcontext():
+        topology = Topology(8, 4, 3, num_nodes=2, num_groups=2)
+        _hierarchical(np.arange(16.0).reshape(2, 8), topology)
+        replicate(np.ones((1, 2)), 3)
 
 
-def rebalance_within_nodes(
-    load: torch.Tensor, previous: torch.Tensor, topology: Topology
-) -> torch.Tensor:
+# What numba's typing and array-math registries, loaded with the first kernel, import to
+# learn whether optional features work: cffi functions as arguments (cffi, pycparser) and
+# BLAS for np.dot (scipy.linalg).  No kernel here uses either.
+_NUMBA_PROBES = ("cffi", "scipy.linalg.cython_blas")
+_NUMBA_REGISTRIES = ("numba.core.typing.cffi_utils", "numba.np.arraymath")
+
+
+@contextlib.contextmanager
+def _without_numba_probes() -> Iterator[None]:
+    """Answer numba's probes for optional packages with "absent" while the kernels load.
+
+    The probes import cffi's C parser and scipy's linear algebra: half a second of a
+    one-shot ``eplb plan``, several times its computation, for features the kernels never
+    use (numba then types no cffi function and uses its own loops for np.dot).  Only when
+    numba's registries are not loaded yet; afterwards the packages import normally again.
+    """
+    if any(name in sys.modules for name in _NUMBA_REGISTRIES):
+        yield
+        return
+    blocked = [name for name in _NUMBA_PROBES if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # importing it raises ImportError
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+def rebalance_within_nodes(load: FloatArray, previous: IntArray, topology: Topology) -> IntArray:
     """Hierarchical placement ``[L, P]`` keeping each group on its node in ``previous`` ``[L, P]``.
 
     Every group of ``previous`` must live on one node (check with ``groups_of_node``).
     """
-    groups_of_node = groups_of_node_in(previous.long().numpy(), topology)
+    groups_of_node = groups_of_node_in(previous, topology)
     if groups_of_node is None:
         raise ValueError("previous placement splits a group across nodes")
-    return torch.from_numpy(_hierarchical(load.double().numpy(), topology, groups_of_node))
+    return _hierarchical(load, topology, groups_of_node)
 
 
 def groups_of_node_in(phy2log: np.ndarray, topo: Topology) -> np.ndarray | None:

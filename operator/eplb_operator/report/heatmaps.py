@@ -8,6 +8,7 @@ layer's imbalance (max / mean) before and after.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,12 +16,17 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib.colors import TwoSlopeNorm
 
+from eplb_core.arrays import to_numpy
 
-def plot_rank_loads(before: torch.Tensor, after: torch.Tensor, title: str, path: Path) -> None:
-    """Write the PNG for rank loads ``before`` and ``after`` (both ``[L, R]``) to ``path``."""
+if TYPE_CHECKING:
+    from eplb_core.arrays import Array
+
+
+def plot_rank_loads(before: Array, after: Array, title: str, path: Path) -> None:
+    """Write the PNG for rank loads ``before`` and ``after`` (both ``[L, R]``, numpy or torch)
+    to ``path``."""
     relative = [_relative(before), _relative(after)]
     peak = max(float(r.max()) for r in relative)
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(peak, 1.01))
@@ -49,8 +55,8 @@ def plot_rank_loads(before: torch.Tensor, after: torch.Tensor, title: str, path:
     plt.close(figure)
 
 
-def _relative(loads: torch.Tensor) -> np.ndarray:
-    values = loads.double().numpy()
+def _relative(loads: Array) -> np.ndarray:
+    values = np.asarray(to_numpy(loads), dtype=np.float64)
     mean = values.mean(axis=1, keepdims=True)
     relative: np.ndarray = np.divide(values, mean, out=np.ones_like(values), where=mean > 0)
     return relative

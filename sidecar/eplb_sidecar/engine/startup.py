@@ -19,7 +19,9 @@ from eplb_sidecar.engine.weights import expert_weights
 
 def identity_placement(config: EngineConfig) -> torch.Tensor:
     """``[L, P]``: the start-up placement."""
-    return start_up_placement(config.layers, config.ranks * config.slots_per_rank, config.experts)
+    return torch.from_numpy(
+        start_up_placement(config.layers, config.ranks * config.slots_per_rank, config.experts)
+    )
 
 
 def publish_start_up_table(config: EngineConfig, table_dir: Path) -> ExpertTable:
