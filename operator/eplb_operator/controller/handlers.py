@@ -1,17 +1,21 @@
-"""kopf handlers for ExpertPlacement (``kopf run -m eplb_operator.controller.handlers``).
+"""kopf handlers for ExpertPlacement, run by :mod:`eplb_operator.controller.run`.
 
 One daemon per ExpertPlacement runs :class:`Reconciler` passes: after each pass it sleeps
 until the pass's next due time, or until a spec change wakes it.  One task per object
-means a placement is never reconciled twice at once.  Run one operator replica (kopf has
-no leader election, and this module adds none yet): the chart uses a single-replica
-Deployment with the Recreate strategy.
+means a placement is never reconciled twice at once; one process at a time runs these
+handlers at all: the replica holding the leader-election Lease (run.py, election.py).
+
+Deleted during a rollout, a placement's daemon stops the rollout where every pod agrees and
+aborts what it staged on every pod (rollout.py) before it exits, and kopf keeps the
+finalizer until it has: no sidecar is left with staged layers, none half-applied.
 
 The finalizer (``eplb.io/operator``, which kopf puts on every object a daemon serves) is
 held only while an operator runs: at exit, once kopf's watches and daemons have stopped,
 :func:`release_finalizers` takes it off every placement this process served.  Otherwise
 uninstalling the operator (the CRD is kept) would leave every ExpertPlacement undeletable;
-with no operator running there is nothing for a finalizer to wait for.  The next operator
-puts it back when it starts serving the object.
+with no operator running there is nothing for a finalizer to wait for.  The next leader
+puts it back when it starts serving the object.  A leader that lost its Lease is cancelled
+without this cleanup: the new leader holds the finalizers by then.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable
 from typing import Any
 
 import kopf
@@ -27,7 +32,7 @@ from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from eplb_operator.controller import kube
 from eplb_operator.controller.api_errors import classify, describe, retry_delay
 from eplb_operator.controller.metrics import METRICS
-from eplb_operator.controller.reconcile import RECHECK_SECONDS, PlacementMemo, Reconciler
+from eplb_operator.controller.reconcile import RECHECK_SECONDS, Emit, PlacementMemo, Reconciler
 
 METRICS_PORT = int(os.environ.get("EPLB_METRICS_PORT", "8080"))
 FINALIZER = "eplb.io/operator"
@@ -65,7 +70,18 @@ def wake_on_spec_change(memo: kopf.Memo, **_: Any) -> None:
     _memo(memo).wake.set()
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]
+# Stopping for a deletion waits for the rollout under way to reach a point where every pod
+# agrees (at most one prepare barrier, barrierTimeoutSeconds ≤ 3600, and a commit), so kopf
+# must not cancel the daemon before; the daemon bounds the wait itself (DELETION_GRACE).
+STOP_BACKOFF_SECONDS = 3600.0 + 120.0
+# Beyond the barrier timeout, what a stopped rollout may still take: the last commit and
+# the abort calls (each bounded by the barrier timeout + 10 s in rollout.py).
+DELETION_GRACE_SECONDS = 60.0
+
+
+@kopf.daemon(  # type: ignore[arg-type]
+    GROUP, VERSION, PLURAL, cancellation_backoff=STOP_BACKOFF_SECONDS, cancellation_timeout=5.0
+)
 async def reconcile_loop(
     name: str,
     namespace: str,
@@ -85,27 +101,85 @@ async def reconcile_loop(
     failures = 0  # passes in a row that the API refused
     SERVED.add((namespace, name))
     while not stopped:
+        one_pass = asyncio.create_task(_one_pass(reconciler, failures, emit, logger))
         try:
-            delay = await reconciler.run()
-            failures = 0
-        except kube.ApiException as error:
-            # A refusal of the API server (RBAC, overload): said as a condition and an
-            # Event, then retried later and later, never a crash loop.
-            failures += 1
-            problem = classify(int(error.status or 0))
-            message = describe(int(error.status or 0), error.reason, error.body)
-            emit("Warning", problem.value, message)
-            METRICS.errors.labels(namespace=namespace, placement=name, reason=problem.value).inc()
-            with contextlib.suppress(kube.ApiException):  # the status write may be refused too
-                await reconciler.degraded(problem.value, message)
-            delay = retry_delay(RECHECK_SECONDS, failures)
-        except Exception as error:  # one bad pass must not end the daemon
-            logger.exception(f"reconcile failed: {error}")
-            METRICS.errors.labels(namespace=namespace, placement=name, reason="Internal").inc()
-            delay = RECHECK_SECONDS
-        state.wake.clear()
+            if not await _first_of(one_pass, stopped.wait()):
+                await _stop_pass(reconciler, one_pass, stopped, body, logger)
+                return
+        finally:  # the daemon cancelled (the operator stops at once): so is its pass
+            if not one_pass.done():
+                one_pass.cancel()
+        delay, failures = one_pass.result()
+        state.wake.clear()  # until the next due time, a spec change, or the stop
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wake.wait(), timeout=delay)
+            await asyncio.wait_for(_first_of(state.wake.wait(), stopped.wait()), delay)
+
+
+async def _first_of(first: Awaitable[Any], second: Awaitable[Any]) -> bool:
+    """Wait until either is done (the other is cancelled, unless it is a task of the
+    caller's); True when ``first`` finished first."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if task is not first and not task.done():
+                task.cancel()
+    return tasks[0] in done
+
+
+async def _one_pass(
+    reconciler: Reconciler, failures: int, emit: Emit, logger: kopf.Logger
+) -> tuple[float, int]:
+    """One pass, never raising: (seconds until the next, API refusals in a row)."""
+    namespace, name = reconciler.namespace, reconciler.name
+    try:
+        return await reconciler.run(), 0
+    except kube.ApiException as error:
+        # A refusal of the API server (RBAC, overload): said as a condition and an Event,
+        # then retried later and later, never a crash loop.
+        failures += 1
+        problem = classify(int(error.status or 0))
+        message = describe(int(error.status or 0), error.reason, error.body)
+        emit("Warning", problem.value, message)
+        METRICS.errors.labels(namespace=namespace, placement=name, reason=problem.value).inc()
+        with contextlib.suppress(kube.ApiException):  # the status write may be refused too
+            await reconciler.degraded(problem.value, message)
+        return retry_delay(RECHECK_SECONDS, failures), failures
+    except Exception as error:  # one bad pass must not end the daemon
+        logger.exception(f"reconcile failed: {error}")
+        METRICS.errors.labels(namespace=namespace, placement=name, reason="Internal").inc()
+        return RECHECK_SECONDS, failures
+
+
+async def _stop_pass(
+    reconciler: Reconciler,
+    one_pass: asyncio.Task[tuple[float, int]],
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    logger: kopf.Logger,
+) -> None:
+    """End a pass under way because the daemon must stop.
+
+    The placement deleted during a rollout: the rollout stops where every pod agrees and
+    aborts what it staged, before kopf may release the finalizer (nobody would clean up
+    after it: the next incarnation may never come).  The operator exiting (or losing its
+    lease, which cancels the whole operator): the pass is cancelled at once, since the next
+    leader resumes the rollout from the pods and the status (see rollout.py).
+    """
+    reason = stopped.reason
+    deleted = reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
+    if deleted and reconciler.rolling_out:
+        logger.info("deleted during a rollout: stopping it and aborting what is staged")
+        reconciler.stop_reason = "PlacementDeleted"
+        spec = body.get("spec") or {}
+        barrier = float((spec.get("rollout") or {}).get("barrierTimeoutSeconds") or 30)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(one_pass), barrier + DELETION_GRACE_SECONDS)
+    if not one_pass.done():
+        one_pass.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await one_pass
 
 
 @kopf.on.cleanup()

@@ -102,6 +102,10 @@ class Reconciler:
         self._generation = 0
         self._pause_requested = False
         self._served_revision = 0  # the highest revision any pod served at the last look
+        # Set from outside (the daemon) when the placement is being deleted: a rollout under
+        # way stops where every pod agrees and aborts what is staged (rollout.Rollout.stop).
+        self.stop_reason: str | None = None
+        self.rolling_out = False  # inside Rollout.run: stop it with stop_reason, never cancel
 
     # -- the pass --------------------------------------------------------------------------
     async def run(self) -> float:
@@ -388,6 +392,7 @@ class Reconciler:
             on_batch=self._on_batch,
             paused=lambda: self._pause_requested,
             resumed_total=resumed_total,
+            stop=lambda: self.stop_reason,
         )
         started = time.monotonic()
         self._pause_requested = False
@@ -401,8 +406,10 @@ class Reconciler:
         METRICS.started.labels(**self.labels).set(time.time())
         self.emit("Normal", "RolloutStarted", messages.rollout_started(target.name, cause))
         try:
+            self.rolling_out = True
             report = await rollout.run()
         except RolloutAbortedError as error:
+            self.rolling_out = False
             METRICS.in_progress.labels(**self.labels).set(0)
             METRICS.rollouts.labels(**self.labels, result=RolloutResult.ABORTED.value).inc()
             METRICS.errors.labels(**self.labels, reason=error.reason).inc()
@@ -419,6 +426,8 @@ class Reconciler:
                 targetRevision=None, phase="Degraded",
             )  # fmt: skip
             return min(RECHECK_SECONDS, 5.0)
+        finally:
+            self.rolling_out = False
         METRICS.in_progress.labels(**self.labels).set(0)
         if report.paused:
             await self._write(

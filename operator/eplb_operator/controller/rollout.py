@@ -10,6 +10,13 @@ Level-triggered: what each pod serves is read from the pods (``/v1/info``), not
 remembered, so a rollout resumed after an operator restart continues from where the pods
 are, and only layers that differ from the target are touched.  A pod whose layers differ
 while the rest of its group agree (it restarted) is re-synced alone from its checkpoint.
+
+A rollout asked to stop (``stop`` returns a reason: its ExpertPlacement is being deleted)
+stops at the next point where every pod agrees: before a batch, or after a batch's prepare
+barrier, which it then aborts on every pod instead of committing.  A prepare in flight is
+waited for, not cancelled: a sidecar finishes a prepare it received, so an abort sent
+before it returned could land first and leave the staging behind.  A commit phase that has
+begun is finished (some pods may have committed already), so no layer is left half-applied.
 """
 
 from __future__ import annotations
@@ -131,9 +138,11 @@ class Rollout:
         on_batch: Callable[[RolloutReport, BatchReport], Awaitable[None]] | None = None,
         paused: Callable[[], bool] = lambda: False,
         resumed_total: int = 0,
+        stop: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``resumed_total``: the layers this rollout had in all when it was interrupted (from
-        the status), 0 for a new rollout."""
+        the status), 0 for a new rollout.  ``stop``: a reason once the rollout must stop
+        (raised as :class:`RolloutAbortedError` with that reason), else None."""
         self.groups = groups
         self.resumed_total = resumed_total
         self.clients = clients
@@ -144,6 +153,7 @@ class Rollout:
         self.pod_alive = pod_alive
         self.on_batch = on_batch
         self.paused = paused
+        self.stop = stop
         self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
         # The key peers prove to each other at the transfer gate (sidecar rendezvous): it
         # reaches them only over the authenticated control API, one per rollout.
@@ -163,6 +173,9 @@ class Rollout:
                 report.paused = True
                 break
             batch = layers[index : index + step]
+            stopping = self.stop()
+            if stopping is not None:  # nothing is staged between batches
+                raise RolloutAbortedError(stopping, f"stopped before layers {batch}", [])
             work = self._plan_batch(batch, states)
             batch_report = await self._run_batch(batch, work, report, started)
             report.batches.append(batch_report)
@@ -214,6 +227,12 @@ class Rollout:
                 message = f"not every pod prepared within {self.options.barrier_timeout:g} s"
             raise RolloutAbortedError(reason, f"layers {batch}: {message}", batch) from error
         prepare_seconds = time.monotonic() - prepare_started
+        stopping = self.stop()
+        if stopping is not None:  # every pod prepared: the last point before pods could differ
+            await self._abort_everywhere(work)
+            raise RolloutAbortedError(
+                stopping, f"layers {batch}: stopped after prepare; aborted on every pod", batch
+            )
 
         commit_started = time.monotonic()
         await self._commit_everywhere(work, report, started)
