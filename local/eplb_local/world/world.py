@@ -425,12 +425,11 @@ class World:
             raise AssertionError("no operator pod")
         return live[0]
 
-    def operator_log(self) -> str:
-        """The operator's output, every pod and restart of it."""
+    def operator_log(self, pod_name: str | None = None) -> str:
+        """The operator's output, every pod (or the pod ``pod_name``) and restart of it."""
         logs = []
-        for directory in sorted(
-            self.kube.node_root.glob(f"pods/{self.namespace}_{OPERATOR_RELEASE}-*")
-        ):
+        pattern = f"{pod_name}_*" if pod_name else f"{OPERATOR_RELEASE}-*"
+        for directory in sorted(self.kube.node_root.glob(f"pods/{self.namespace}_{pattern}")):
             path = directory / "logs" / "operator.log"
             if path.exists():
                 logs.append(path.read_text(errors="replace"))

@@ -5,9 +5,10 @@ until the pass's next due time, or until a spec change wakes it.  One task per o
 means a placement is never reconciled twice at once; one process at a time runs these
 handlers at all: the replica holding the leader-election Lease (run.py, election.py).
 
-Deleted during a rollout, a placement's daemon stops the rollout where every pod agrees and
-aborts what it staged on every pod (rollout.py) before it exits, and kopf keeps the
-finalizer until it has: no sidecar is left with staged layers, none half-applied.
+Deleted during a rollout, a placement's rollout is told to stop where every pod agrees and
+to abort what it staged on every pod (rollout.py); :func:`finish_rollout_on_delete` (an
+on-delete handler, so kopf keeps the finalizer meanwhile) waits until it has: no sidecar is
+left with staged layers, none with a layer the others lack.
 
 The finalizer (``eplb.io/operator``, which kopf puts on every object a daemon serves) is
 held only while an operator runs: at exit, once kopf's watches and daemons have stopped,
@@ -38,6 +39,10 @@ METRICS_PORT = int(os.environ.get("EPLB_METRICS_PORT", "8080"))
 FINALIZER = "eplb.io/operator"
 # (namespace, name) of the placements whose daemon runs in this process.
 SERVED: set[tuple[str, str]] = set()
+PLACEMENT_DELETED = "PlacementDeleted"  # the reason a rollout stopped by a deletion gives
+# Beyond the barrier timeout, what a stopped rollout may still take: the last commit and
+# the abort calls (each bounded by the barrier timeout + 10 s in rollout.py).
+DELETION_GRACE_SECONDS = 60.0
 
 
 @kopf.on.login()
@@ -70,18 +75,7 @@ def wake_on_spec_change(memo: kopf.Memo, **_: Any) -> None:
     _memo(memo).wake.set()
 
 
-# Stopping for a deletion waits for the rollout under way to reach a point where every pod
-# agrees (at most one prepare barrier, barrierTimeoutSeconds ≤ 3600, and a commit), so kopf
-# must not cancel the daemon before; the daemon bounds the wait itself (DELETION_GRACE).
-STOP_BACKOFF_SECONDS = 3600.0 + 120.0
-# Beyond the barrier timeout, what a stopped rollout may still take: the last commit and
-# the abort calls (each bounded by the barrier timeout + 10 s in rollout.py).
-DELETION_GRACE_SECONDS = 60.0
-
-
-@kopf.daemon(  # type: ignore[arg-type]
-    GROUP, VERSION, PLURAL, cancellation_backoff=STOP_BACKOFF_SECONDS, cancellation_timeout=5.0
-)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]
 async def reconcile_loop(
     name: str,
     namespace: str,
@@ -102,17 +96,57 @@ async def reconcile_loop(
     SERVED.add((namespace, name))
     while not stopped:
         one_pass = asyncio.create_task(_one_pass(reconciler, failures, emit, logger))
+        state.current_pass = one_pass
         try:
             if not await _first_of(one_pass, stopped.wait()):
-                await _stop_pass(reconciler, one_pass, stopped, body, logger)
+                _leave_pass(state, stopped, logger)
                 return
-        finally:  # the daemon cancelled (the operator stops at once): so is its pass
-            if not one_pass.done():
-                one_pass.cancel()
+        except asyncio.CancelledError:  # kopf stops its daemons by cancelling them, too
+            _leave_pass(state, stopped, logger)
+            raise
         delay, failures = one_pass.result()
         state.wake.clear()  # until the next due time, a spec change, or the stop
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_first_of(state.wake.wait(), stopped.wait()), delay)
+
+
+def _leave_pass(state: PlacementMemo, stopped: kopf.DaemonStopped, logger: kopf.Logger) -> None:
+    """The daemon stops with a pass under way.  The placement deleted during a rollout: the
+    rollout is told to stop where every pod agrees, and left to finish that
+    (:func:`finish_rollout_on_delete` waits for it).  Otherwise the pass is cancelled now:
+    the operator exiting, or losing its Lease, must stop acting at once; the next leader
+    resumes the rollout from what the pods serve and the status (rollout.py)."""
+    one_pass = state.current_pass
+    if one_pass is None or one_pass.done():
+        return
+    reason = stopped.reason
+    if reason is not None and reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
+        state.stop_reason = PLACEMENT_DELETED
+    if state.stop_reason is not None and state.rolling_out:
+        logger.info("deleted during a rollout: stopping it where every pod agrees")
+        return
+    one_pass.cancel()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def finish_rollout_on_delete(memo: kopf.Memo, body: kopf.Body, logger: kopf.Logger,
+                                   **_: Any) -> None:  # fmt: skip
+    """Deleted during a rollout: hold the finalizer until the rollout has stopped where every
+    pod agrees and aborted what it staged on every pod (nobody would clean up after it: a
+    next incarnation may never come)."""
+    state = _memo(memo)
+    state.stop_reason = PLACEMENT_DELETED
+    one_pass = state.current_pass
+    if one_pass is None or one_pass.done() or not state.rolling_out:
+        return  # the daemon cancels a pass that is not rolling out
+    barrier = float(((body.get("spec") or {}).get("rollout") or {}).get("barrierTimeoutSeconds")
+                    or 30)  # fmt: skip
+    try:
+        await asyncio.wait_for(asyncio.shield(one_pass), barrier + DELETION_GRACE_SECONDS)
+    except TimeoutError:
+        logger.warning("the stopped rollout did not end in time; cancelled")
+        one_pass.cancel()
+    logger.info("the rollout under way stopped; the finalizer may go")
 
 
 async def _first_of(first: Awaitable[Any], second: Awaitable[Any]) -> bool:
@@ -150,36 +184,6 @@ async def _one_pass(
         logger.exception(f"reconcile failed: {error}")
         METRICS.errors.labels(namespace=namespace, placement=name, reason="Internal").inc()
         return RECHECK_SECONDS, failures
-
-
-async def _stop_pass(
-    reconciler: Reconciler,
-    one_pass: asyncio.Task[tuple[float, int]],
-    stopped: kopf.DaemonStopped,
-    body: kopf.Body,
-    logger: kopf.Logger,
-) -> None:
-    """End a pass under way because the daemon must stop.
-
-    The placement deleted during a rollout: the rollout stops where every pod agrees and
-    aborts what it staged, before kopf may release the finalizer (nobody would clean up
-    after it: the next incarnation may never come).  The operator exiting (or losing its
-    lease, which cancels the whole operator): the pass is cancelled at once, since the next
-    leader resumes the rollout from the pods and the status (see rollout.py).
-    """
-    reason = stopped.reason
-    deleted = reason is not None and bool(reason & kopf.DaemonStoppingReason.RESOURCE_DELETED)
-    if deleted and reconciler.rolling_out:
-        logger.info("deleted during a rollout: stopping it and aborting what is staged")
-        reconciler.stop_reason = "PlacementDeleted"
-        spec = body.get("spec") or {}
-        barrier = float((spec.get("rollout") or {}).get("barrierTimeoutSeconds") or 30)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(one_pass), barrier + DELETION_GRACE_SECONDS)
-    if not one_pass.done():
-        one_pass.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await one_pass
 
 
 @kopf.on.cleanup()

@@ -90,6 +90,11 @@ class PlacementMemo:
     retry_after: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     degraded: tuple[str, str] | None = None  # the problem last reported with an Event
+    # Set when the placement is being deleted (handlers.py): a rollout under way stops where
+    # every pod agrees and aborts what it staged (rollout.Rollout's ``stop``).
+    stop_reason: str | None = None
+    rolling_out: bool = False  # inside Rollout.run: to be stopped by stop_reason, not cancelled
+    current_pass: asyncio.Task[Any] | None = None  # the daemon's pass under way
 
 
 class Reconciler:
@@ -102,10 +107,6 @@ class Reconciler:
         self._generation = 0
         self._pause_requested = False
         self._served_revision = 0  # the highest revision any pod served at the last look
-        # Set from outside (the daemon) when the placement is being deleted: a rollout under
-        # way stops where every pod agrees and aborts what is staged (rollout.Rollout.stop).
-        self.stop_reason: str | None = None
-        self.rolling_out = False  # inside Rollout.run: stop it with stop_reason, never cancel
 
     # -- the pass --------------------------------------------------------------------------
     async def run(self) -> float:
@@ -392,7 +393,7 @@ class Reconciler:
             on_batch=self._on_batch,
             paused=lambda: self._pause_requested,
             resumed_total=resumed_total,
-            stop=lambda: self.stop_reason,
+            stop=lambda: self.memo.stop_reason,
         )
         started = time.monotonic()
         self._pause_requested = False
@@ -406,10 +407,10 @@ class Reconciler:
         METRICS.started.labels(**self.labels).set(time.time())
         self.emit("Normal", "RolloutStarted", messages.rollout_started(target.name, cause))
         try:
-            self.rolling_out = True
+            self.memo.rolling_out = True
             report = await rollout.run()
         except RolloutAbortedError as error:
-            self.rolling_out = False
+            self.memo.rolling_out = False
             METRICS.in_progress.labels(**self.labels).set(0)
             METRICS.rollouts.labels(**self.labels, result=RolloutResult.ABORTED.value).inc()
             METRICS.errors.labels(**self.labels, reason=error.reason).inc()
@@ -427,7 +428,7 @@ class Reconciler:
             )  # fmt: skip
             return min(RECHECK_SECONDS, 5.0)
         finally:
-            self.rolling_out = False
+            self.memo.rolling_out = False
         METRICS.in_progress.labels(**self.labels).set(0)
         if report.paused:
             await self._write(
