@@ -128,25 +128,32 @@ def _leave_pass(state: PlacementMemo, stopped: kopf.DaemonStopped, logger: kopf.
     one_pass.cancel()
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
-async def finish_rollout_on_delete(memo: kopf.Memo, body: kopf.Body, logger: kopf.Logger,
-                                   **_: Any) -> None:  # fmt: skip
-    """Deleted during a rollout: hold the finalizer until the rollout has stopped where every
-    pod agrees and aborted what it staged on every pod (nobody would clean up after it: a
-    next incarnation may never come)."""
+@kopf.on.delete(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
+async def finish_rollout_on_delete(name: str, namespace: str, memo: kopf.Memo, body: kopf.Body,
+                                   logger: kopf.Logger, **_: Any) -> None:  # fmt: skip
+    """Hold the finalizer until no pod has layers of this placement staged: a rollout under
+    way stops where every pod agrees and aborts what it staged on every pod; then whatever
+    is still staged (an operator that died mid-rollout left it) is aborted.  Nobody would
+    clean up after the placement is gone: a next incarnation may never come."""
     state = _memo(memo)
     state.stop_reason = PLACEMENT_DELETED
     one_pass = state.current_pass
-    if one_pass is None or one_pass.done() or not state.rolling_out:
-        return  # the daemon cancels a pass that is not rolling out
-    barrier = float(((body.get("spec") or {}).get("rollout") or {}).get("barrierTimeoutSeconds")
-                    or 30)  # fmt: skip
+    if one_pass is not None and not one_pass.done() and state.rolling_out:
+        rollout = (body.get("spec") or {}).get("rollout") or {}
+        barrier = float(rollout.get("barrierTimeoutSeconds") or 30)
+        try:
+            await asyncio.wait_for(asyncio.shield(one_pass), barrier + DELETION_GRACE_SECONDS)
+        except TimeoutError:
+            logger.warning("the stopped rollout did not end in time; cancelled")
+            one_pass.cancel()
+    reconciler = Reconciler(namespace, name, state, lambda *_: None)
     try:
-        await asyncio.wait_for(asyncio.shield(one_pass), barrier + DELETION_GRACE_SECONDS)
-    except TimeoutError:
-        logger.warning("the stopped rollout did not end in time; cancelled")
-        one_pass.cancel()
-    logger.info("the rollout under way stopped; the finalizer may go")
+        dropped = await reconciler.drop_staging()
+    except kube.ApiException as error:  # said, and the deletion goes on
+        logger.warning(f"staging left on the pods unchecked: {error.status} {error.reason}")
+        return
+    if dropped:
+        logger.info(f"aborted what pods {dropped} had staged")
 
 
 async def _first_of(first: Awaitable[Any], second: Awaitable[Any]) -> bool:

@@ -58,6 +58,7 @@ from eplb_operator.controller.rollout import (
 )
 from eplb_operator.formats.mappings import parse_placement
 from eplb_operator.placement import PlanOptions, plan
+from eplb_sidecar.api import AbortRequest
 from eplb_sidecar.client import SidecarClient, SidecarError
 
 RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
@@ -513,6 +514,45 @@ class Reconciler:
         limit = spec.rollout.revision_history_limit + 1
         for name in to_prune(revisions, keep, limit):
             await kube.delete_revision(self.namespace, name)
+
+    # -- deletion --------------------------------------------------------------------------
+    async def drop_staging(self) -> list[str]:
+        """Abort whatever the selected pods have staged; the pods that had some.
+
+        For a placement being deleted, after its own rollout (if any) has stopped: one that
+        an operator which died mid-rollout left behind would otherwise stay staged, since no
+        rollout of this placement comes to clean it up.  Best effort: a pod that does not
+        answer is skipped (what it staged goes with its restart, or at the next rollout)."""
+        obj = await kube.get_placement(self.namespace, self.name)
+        if obj is None:
+            return []
+        try:
+            spec = ExpertPlacementSpec.model_validate(obj["spec"])
+        except pydantic.ValidationError:
+            return []
+        if spec.rollout.strategy == "Restart":
+            return []  # nothing is staged in sidecars: pods restart with a start-up file
+        pods = await kube.list_pods(self.namespace, spec.selector.to_query())
+        found = endpoints(pods, check_pods(pods, spec).groups, spec)
+        try:
+            token = sidecar_token()
+        except OSError:
+            return []
+        targets = [pod for members in found.groups.values() for pod in members.values()]
+
+        async def drop(pod: PodEndpoint) -> bool:
+            async with SidecarClient(pod.control_url, token) as client:
+                try:
+                    staged = (await client.info()).staged
+                    for staging in staged:
+                        await client.abort(AbortRequest(revision=staging.revision,
+                                                        layers=staging.layers))  # fmt: skip
+                except (SidecarError, OSError, TimeoutError):
+                    return False
+                return bool(staged)
+
+        dropped = await asyncio.gather(*(drop(pod) for pod in targets))
+        return [pod.name for pod, had in zip(targets, dropped, strict=True) if had]
 
     # -- reporting -------------------------------------------------------------------------
     async def degraded(self, reason: str, message: str) -> float:

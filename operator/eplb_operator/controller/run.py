@@ -106,8 +106,9 @@ async def lead(options: argparse.Namespace, elector: LeaseElector) -> int:
     acquiring = asyncio.create_task(elector.acquire())
     terminating = asyncio.create_task(terminate.wait())
     await asyncio.wait({acquiring, terminating}, return_when=asyncio.FIRST_COMPLETED)
-    if not acquiring.done():  # told to stop while following
+    if not acquiring.done() or terminate.is_set():  # told to stop while following
         acquiring.cancel()
+        await elector.release()
         return 0
     terminating.cancel()
     METRICS.leader.set(1)
