@@ -141,16 +141,15 @@ async def finish_rollout_on_delete(name: str, namespace: str, memo: kopf.Memo, b
     if one_pass is not None and not one_pass.done() and state.rolling_out:
         rollout = (body.get("spec") or {}).get("rollout") or {}
         barrier = float(rollout.get("barrierTimeoutSeconds") or 30)
-        try:
-            await asyncio.wait_for(asyncio.shield(one_pass), barrier + DELETION_GRACE_SECONDS)
-        except TimeoutError:
+        done, _ = await asyncio.wait({one_pass}, timeout=barrier + DELETION_GRACE_SECONDS)
+        if not done:
             logger.warning("the stopped rollout did not end in time; cancelled")
             one_pass.cancel()
     reconciler = Reconciler(namespace, name, state, lambda *_: None)
     try:
         dropped = await reconciler.drop_staging()
-    except kube.ApiException as error:  # said, and the deletion goes on
-        logger.warning(f"staging left on the pods unchecked: {error.status} {error.reason}")
+    except Exception as error:  # said, and the deletion goes on: a retried handler would
+        logger.warning(f"staging left on the pods unchecked: {error!r}")  # hold it forever
         return
     if dropped:
         logger.info(f"aborted what pods {dropped} had staged")
