@@ -141,7 +141,7 @@ async def finish_rollout_on_delete(name: str, namespace: str, memo: kopf.Memo, b
     if one_pass is not None and not one_pass.done() and state.rolling_out:
         rollout = (body.get("spec") or {}).get("rollout") or {}
         barrier = float(rollout.get("barrierTimeoutSeconds") or 30)
-        done, _ = await asyncio.wait({one_pass}, timeout=barrier + DELETION_GRACE_SECONDS)
+        done, _pending = await asyncio.wait({one_pass}, timeout=barrier + DELETION_GRACE_SECONDS)
         if not done:
             logger.warning("the stopped rollout did not end in time; cancelled")
             one_pass.cancel()
