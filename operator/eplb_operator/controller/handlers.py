@@ -15,7 +15,7 @@ held only while an operator runs: at exit, once kopf's watches and daemons have 
 :func:`release_finalizers` takes it off every placement this process served.  Otherwise
 uninstalling the operator (the CRD is kept) would leave every ExpertPlacement undeletable;
 with no operator running there is nothing for a finalizer to wait for.  The next leader
-puts it back when it starts serving the object.  A leader that lost its Lease is cancelled
+puts it back when it starts serving the object.  A leader that lost its Lease stops kopf
 without this cleanup: the new leader holds the finalizers by then.
 """
 
@@ -39,6 +39,7 @@ METRICS_PORT = int(os.environ.get("EPLB_METRICS_PORT", "8080"))
 FINALIZER = "eplb.io/operator"
 # (namespace, name) of the placements whose daemon runs in this process.
 SERVED: set[tuple[str, str]] = set()
+RELEASE_FINALIZERS_AT_EXIT = True  # False while kopf stops for a lost Lease (run.py)
 PLACEMENT_DELETED = "PlacementDeleted"  # the reason a rollout stopped by a deletion gives
 # Beyond the barrier timeout, what a stopped rollout may still take: the last commit and
 # the abort calls (each bounded by the barrier timeout + 10 s in rollout.py).
@@ -195,7 +196,10 @@ async def _one_pass(
 @kopf.on.cleanup()
 async def release_finalizers(logger: kopf.Logger, **_: Any) -> None:
     """At exit (kopf runs this after its watches and daemons stopped, so nothing puts the
-    finalizer back): take ours off every placement served, so none is stuck without us."""
+    finalizer back): take ours off every placement served, so none is stuck without us.
+    Not when kopf stops because the Lease was lost (run.py): the new leader holds them."""
+    if not RELEASE_FINALIZERS_AT_EXIT:
+        return
     for namespace, name in sorted(SERVED):
         try:
             await kube.remove_placement_finalizer(namespace, name, FINALIZER)
