@@ -107,7 +107,8 @@ class LeaseElector:
         while True:
             deadline = time.monotonic() + self.settings.renew_deadline
             while not await self._attempt(deadline - time.monotonic()):
-                taken = self.holder is not None  # by someone else: lost for certain
+                # Seen held by someone else: lost for certain, no deadline to wait out.
+                taken = self.holder not in (None, self.settings.identity)
                 if taken or time.monotonic() + self.settings.retry_period >= deadline:
                     log.error(
                         "%s: Lease %s/%s %s: leadership lost", self.settings.identity,
@@ -144,9 +145,9 @@ class LeaseElector:
         self.holder = None
 
     async def _attempt(self, timeout: float | None = None) -> bool:
-        """One try to take or renew the Lease, within ``timeout`` (default: the retry
-        period); any failure is a failed try, never an exception."""
-        limit = self.settings.retry_period if timeout is None else max(0.1, timeout)
+        """One try to take or renew the Lease, within ``timeout`` (default: the renew
+        deadline); any failure is a failed try, never an exception."""
+        limit = self.settings.renew_deadline if timeout is None else max(0.1, timeout)
         try:
             taken = await asyncio.wait_for(self._election.try_acquire_or_renew(), limit)
         except Exception as error:  # network, timeout, an odd answer: a failed try
