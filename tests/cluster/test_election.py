@@ -18,7 +18,7 @@ from eplb_operator.controller.election import ElectionSettings, LeaseElector
 from eplb_operator.controller.kube import api_client
 
 # Short, so the test is quick; still lease > renew deadline > 1.2 × retry period.
-LEASE, RENEW, RETRY = 4.0, 2.5, 1.0
+LEASE, RENEW, RETRY = 4, 2.5, 1.0
 
 
 def run(kube: LocalKube, monkeypatch: pytest.MonkeyPatch, scenario: Callable[..., Awaitable[Any]],

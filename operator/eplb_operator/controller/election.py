@@ -48,7 +48,7 @@ class ElectionSettings:
     lease: str
     namespace: str
     identity: str  # the pod's name: unique among the candidates, kept across restarts
-    lease_duration: float = 15.0
+    lease_duration: int = 15  # the Lease's leaseDurationSeconds: whole seconds
     renew_deadline: float = 10.0
     retry_period: float = 2.0
 

@@ -60,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
         help="this candidate's name in the Lease (default: $POD_NAME)",
     )  # fmt: skip
-    election.add_argument("--lease-duration", type=float, default=15.0)
+    election.add_argument("--lease-duration", type=int, default=15, help="whole seconds")
     election.add_argument("--renew-deadline", type=float, default=10.0)
     election.add_argument("--retry-period", type=float, default=2.0)
     options = parser.parse_args(argv)
