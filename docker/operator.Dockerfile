@@ -23,5 +23,7 @@ RUN groupadd --system --gid 65532 eplb \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /tmp eplb
 USER 65532:65532
 EXPOSE 8080 8081
-ENTRYPOINT ["kopf"]
-CMD ["run", "--standalone", "--all-namespaces", "--module=eplb_operator.controller.handlers"]
+# kopf inside, run only while this replica holds the leader-election Lease (the chart
+# passes --lease; without it, one replica only).
+ENTRYPOINT ["python", "-m", "eplb_operator.controller.run"]
+CMD ["--all-namespaces"]

@@ -118,6 +118,12 @@ RECONCILE_ERRORS = Metric(
     ("namespace", "placement", "reason"),
     "Reconciles that failed, by reason (e.g. MetricsUnavailable, BarrierTimeout).",
 )
+OPERATOR_LEADER = Metric(
+    "eplb_operator_leader",
+    "gauge",
+    (),
+    "1 while this operator replica holds the leader-election Lease (and alone acts), else 0.",
+)
 
 ALL: tuple[Metric, ...] = (
     EXPERT_TOKENS,
@@ -135,6 +141,7 @@ ALL: tuple[Metric, ...] = (
     ROLLOUT_DURATION,
     BARRIER_DURATION,
     RECONCILE_ERRORS,
+    OPERATOR_LEADER,
 )
 
 

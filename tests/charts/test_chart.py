@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from eplb_local.kube.binaries import binary
+from eplb_operator.controller.election import ElectionSettings
+from eplb_operator.controller.run import parse
 from tests.conftest import REPO
 
 CHART = REPO / "charts" / "eplb-operator"
@@ -102,18 +104,79 @@ def test_bad_values_are_refused_with_the_field_named() -> None:
         assert done.returncode != 0 and fragment in done.stderr, done.stderr
 
 
-def test_one_operator_replica_recreated_hardened_and_probed() -> None:
-    deployment = by_kind(render(), "Deployment")[0]
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def test_two_operator_replicas_elect_a_leader_hardened_and_probed() -> None:
+    docs = render()
+    deployment = by_kind(docs, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2
+    # One pod at a time: the old leader gives its Lease up as it stops.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}
+    }  # fmt: skip
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    for container in pod["containers"]:
-        context = container["securityContext"]
-        assert context["readOnlyRootFilesystem"] and context["runAsNonRoot"]
-        assert not context["allowPrivilegeEscalation"]
-        assert container["livenessProbe"] and container["readinessProbe"]
-        assert "--all-namespaces" in container["args"]
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] and context["runAsNonRoot"]
+    assert not context["allowPrivilegeEscalation"]
+    assert container["livenessProbe"] and container["readinessProbe"]
+    args = container["args"]
+    assert "--all-namespaces" in args
+    assert {"--lease=release-eplb-operator-leader", "--lease-namespace=eplb-system",
+            "--lease-duration=15", "--renew-deadline=10", "--retry-period=2"} <= set(args)  # fmt: skip
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # holderIdentity
+    (budget,) = by_kind(docs, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+
+
+def test_the_lease_role_is_least_privilege_in_the_release_namespace() -> None:
+    docs = release_objects(render("--set", "operator.watchNamespaces={serving}"))
+    roles = {doc["metadata"]["name"]: doc for doc in by_kind(docs, "Role")}
+    role = roles["release-eplb-operator-leader-election"]
+    assert role["metadata"]["namespace"] == "eplb-system"  # the Lease's, not the watched one
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["release-eplb-operator-leader"], "verbs": ["get", "update"]},
+    ]  # fmt: skip
+    others = [d for d in docs if d["kind"] in ("Role", "ClusterRole") and d is not role]
+    assert not any("leases" in rule["resources"] for d in others for rule in d["rules"])
+    binding = next(d for d in by_kind(docs, "RoleBinding") if d["roleRef"]["name"] == (
+        "release-eplb-operator-leader-election"))  # fmt: skip
+    assert binding["subjects"][0]["name"] == "release-eplb-operator"
+    named = render("--set", "operator.leaderElection.leaseName=my-lease")
+    args = by_kind(named, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--lease=my-lease" in args
+
+
+def test_one_replica_has_no_disruption_budget_and_no_election_means_one_recreated() -> None:
+    single = render("--set", "operator.replicaCount=1")
+    assert by_kind(single, "PodDisruptionBudget") == []  # it would block every node drain
+    alone = render("--set", "operator.replicaCount=1", "--set",
+                   "operator.leaderElection.enabled=false")  # fmt: skip
+    deployment = by_kind(alone, "Deployment")[0]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [arg for arg in args if arg.startswith("--lease")]
+    assert not [d for d in by_kind(alone, "Role") if "leader-election" in d["metadata"]["name"]]
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        (["operator.leaderElection.enabled=false"], "needs operator.leaderElection.enabled"),
+        (["operator.leaderElection.leaseDurationSeconds=10"], "must exceed renewDeadlineSeconds"),
+        (["operator.leaderElection.retryPeriodSeconds=9"], "1.2 × retryPeriodSeconds"),
+        (["operator.replicaCount=0"], "replicaCount"),
+        (["operator.leaderElection.leaseName=Not_A_Name"], "leaseName"),
+        (["operator.podDisruptionBudget.minAvailable=0"], "minAvailable"),
+    ],
+)
+def test_bad_leader_election_values_are_refused(settings: list[str], fragment: str) -> None:
+    done = helm("template", *[arg for setting in settings for arg in ("--set", setting)])
+    assert done.returncode != 0 and fragment in done.stderr, done.stderr
 
 
 def test_crds_are_installed_kept_or_left_out() -> None:
@@ -161,7 +224,8 @@ def test_no_template_makes_or_reads_a_secret(values: list[str]) -> None:
     mount = next(m for m in operator["volumeMounts"] if m["name"] == "sidecar-token")
     assert env["EPLB_SIDECAR_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
     # The right the sidecars' SubjectAccessReview asks for is the operator's alone.
-    rules = by_kind(release_objects(docs), "Role" if values else "ClusterRole")[0]["rules"]
+    roles = by_kind(release_objects(docs), "Role" if values else "ClusterRole")
+    rules = next(r for r in roles if r["metadata"]["name"] == "release-eplb-operator")["rules"]
     assert {"apiGroups": ["eplb.io"], "resources": ["expertplacements/rollout"],
             "verbs": ["update"]} in rules  # fmt: skip
 
@@ -281,12 +345,17 @@ def test_name_overrides_name_every_object() -> None:
     assert labels["app.kubernetes.io/name"] == "xpl"
 
 
-@pytest.mark.parametrize(("level", "flag"), [("debug", "--verbose"), ("info", None),
-                                             ("warning", "--quiet")])  # fmt: skip
-def test_the_log_level_reaches_the_operator(level: str, flag: str | None) -> None:
+@pytest.mark.parametrize("level", ["debug", "info", "warning"])
+def test_the_log_level_and_election_reach_the_operator(level: str) -> None:
     deployment = by_kind(render("--set", f"operator.logLevel={level}"), "Deployment")[0]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert {"--verbose", "--quiet"} & set(args) == ({flag} if flag else set())
+    # What the chart passes is what the image's entrypoint (controller/run.py) parses.
+    options = parse(args)
+    assert options.log_level == level
+    assert options.all_namespaces and options.health_port == 8081
+    assert options.election == ElectionSettings(
+        "release-eplb-operator-leader", "eplb-system", options.identity, 15, 10, 2
+    )
 
 
 def _open_to_anyone(policies: list[dict[str, Any]], protocol: str) -> set[int]:
@@ -331,7 +400,10 @@ def test_network_policies_close_only_the_sidecars_ports(groups: list[str]) -> No
 
 def test_watched_namespaces_get_roles_and_kopf_flags_not_cluster_wide_reads() -> None:
     docs = release_objects(render("--set", "operator.watchNamespaces={serving-a,serving-b}"))
-    roles, bindings = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
+    roles, bindings = (
+        _not_the_lease(by_kind(docs, "Role")),
+        _not_the_lease(by_kind(docs, "RoleBinding")),
+    )
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["serving-a", "serving-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["serving-a", "serving-b"]
     assert roles[0]["rules"] == roles[1]["rules"]
@@ -344,9 +416,14 @@ def test_watched_namespaces_get_roles_and_kopf_flags_not_cluster_wide_reads() ->
     assert flags == ["--namespace=serving-a", "--namespace=serving-b"]
     # Empty: every namespace, one ClusterRole with the same rules as each Role.
     everywhere = release_objects(render())
-    assert by_kind(everywhere, "Role") == []
+    assert _not_the_lease(by_kind(everywhere, "Role")) == []
     (cluster_wide,) = by_kind(everywhere, "ClusterRole")
     assert cluster_wide["rules"][: len(roles[0]["rules"])] == roles[0]["rules"]
+
+
+def _not_the_lease(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Without the leader-election Role (or its binding), which lives beside the operator."""
+    return [o for o in objects if not o["metadata"]["name"].endswith("-leader-election")]
 
 
 def test_uninstall_first_stands_the_operator_down_with_rights_for_that_alone() -> None:

@@ -47,7 +47,10 @@ def live_rules(world: World) -> set[Access]:
     crds = api.checked(
         "GET", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{ACCOUNT}-{ns}-cluster"
     )
-    return granted(role["rules"]) | granted(crds["rules"])
+    lease = api.checked(
+        "GET", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/{ACCOUNT}-leader-election"
+    )
+    return granted(role["rules"]) | granted(crds["rules"]) | granted(lease["rules"])
 
 
 def test_the_role_grants_exactly_what_a_real_operator_run_used(world: World) -> None:
@@ -79,9 +82,13 @@ def test_the_role_grants_exactly_what_a_real_operator_run_used(world: World) -> 
     assert not denied(world.kube.plane.audit_log, username)
     # What `helm template` renders is what was installed and used; cluster-wide, the one
     # difference is that kopf needs no namespace list to find every namespace.
-    cluster_wide = by_kind(release_objects(render()), "ClusterRole")[0]
+    # The leader-election Role is the same either way (in the release namespace).
+    everywhere = release_objects(render())
+    cluster_wide = by_kind(everywhere, "ClusterRole")[0]
+    (lease_role,) = by_kind(everywhere, "Role")
     cluster_wide_used = {a for a in used if a.resource != "namespaces"}
-    assert granted(cluster_wide["rules"]) - RESTART_ACCESSES - SIDECAR_ACCESSES == cluster_wide_used
+    granted_everywhere = granted(cluster_wide["rules"]) | granted(lease_role["rules"])
+    assert granted_everywhere - RESTART_ACCESSES - SIDECAR_ACCESSES == cluster_wide_used
     namespaced = release_objects(render("--set", "operator.watchNamespaces={serving}"))
     rendered = {a for doc in by_kind(namespaced, "Role") + by_kind(namespaced, "ClusterRole")
                 for a in granted(doc["rules"])}  # fmt: skip

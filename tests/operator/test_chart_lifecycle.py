@@ -34,7 +34,8 @@ def test_upgrade_keeps_serving_and_uninstall_leaves_no_placement_stuck(world: Wo
     assert FINALIZER in finalizers(world)
     before = world.operator_pod()["metadata"]["name"]
 
-    # Upgrade with a changed value: a new operator pod (Recreate) takes the placement over.
+    # Upgrade with a changed value: a new operator pod takes the placement over (rolled: it
+    # leads once the old one has stopped and given the Lease up).
     world.install_operator(operator={"recheckSeconds": 2})
     world.wait(
         lambda: any(

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import torch
 
+from eplb_operator.controller.endpoints import PodEndpoint
+from eplb_operator.controller.rollout import (
+    Groups,
+    Rollout,
+    RolloutAbortedError,
+    RolloutOptions,
+    RolloutReport,
+)
 from eplb_sidecar.api import AbortRequest, CommitRequest, PrepareRequest, TransferGroup
 from eplb_sidecar.client import SidecarClient, SidecarError
 from eplb_sidecar.contract.table import ExpertTable
@@ -166,6 +174,82 @@ async def test_abort_in_the_middle_leaves_every_pod_as_it_was(group: LocalGroup)
     assert_invariants(group, expected)
     for client in sidecars:
         await client.close()
+
+
+def _endpoints(group: LocalGroup) -> Groups:
+    """The operator's view of the group's pods (controller/endpoints.py)."""
+    return {
+        "0": {
+            pod.rank: PodEndpoint(pod.name, pod.name, "0", pod.rank, "127.0.0.1",
+                                  pod.control_port, pod.metrics_port, pod.transfer_port)
+            for pod in group.pods
+        }
+    }  # fmt: skip
+
+
+def _scripted(*answers: str | None) -> Callable[[], str | None]:
+    """A rollout's ``stop`` answering in turn (then None): it is asked before each batch and
+    after each batch's prepare barrier."""
+    pending = list(answers)
+    return lambda: pending.pop(0) if pending else None
+
+
+async def _roll_out(
+    group: LocalGroup, revision: int, target: torch.Tensor, stop: Callable[[], str | None]
+) -> RolloutReport:
+    """The operator's Rollout (controller/rollout.py) to every pod, a layer per batch."""
+    sidecars = {pod.name: SidecarClient(pod.control_url, group.token) for pod in group.pods}
+
+    async def alive(_: PodEndpoint) -> bool:
+        return True
+
+    options = RolloutOptions(layers_per_step=1, barrier_timeout=20, progress_deadline=60)
+    try:
+        return await Rollout(_endpoints(group), sidecars, revision, target, options,
+                             pod_alive=alive, stop=stop).run()  # fmt: skip
+    finally:
+        await asyncio.gather(*(client.close() for client in sidecars.values()))
+
+
+async def _staged(group: LocalGroup) -> list[object]:
+    infos = await on_all([client.info() for client in clients(group)])
+    return [staging for info in infos for staging in info.staged]  # type: ignore[attr-defined]
+
+
+async def test_a_rollout_told_to_stop_aborts_everywhere_and_keeps_whole_layers(
+    group: LocalGroup,
+) -> None:
+    """Its ExpertPlacement deleted (handlers.py), a rollout stops where every pod agrees,
+    aborts what it staged on every pod, and each layer is committed everywhere or nowhere;
+    the pods then take the next rollout (tests/operator/test_deletion.py: the whole path)."""
+    expected = group.probe()
+    revision = await current_revision(group) + 1
+    start = tables(group)[0].routing.clone()
+    target = torch.tensor([new_placement(500 + revision)[layer] for layer in range(CONFIG.layers)])
+    assert all(not torch.equal(target[layer], start[layer]) for layer in range(CONFIG.layers))
+    # Batch 0 goes through (asked before it and after its prepare); batch 1 is prepared on
+    # every pod, then the stop comes.
+    with pytest.raises(RolloutAbortedError) as stopped:
+        await _roll_out(group, revision, target, _scripted(None, None, None, "PlacementDeleted"))
+    assert (stopped.value.reason, stopped.value.layers) == ("PlacementDeleted", [1])
+    assert "aborted on every pod" in stopped.value.message
+    assert await _staged(group) == []  # every sidecar dropped what it had staged
+    routing = tables(group)[0].routing
+    assert torch.equal(routing[0], target[0])  # committed before the stop, on every pod
+    assert torch.equal(routing[1:], start[1:])  # the last committed placement, unchanged
+    assert_invariants(group, expected)  # every pod agrees; weights and outputs exact
+
+    # Stopped before a batch: nothing is staged, nothing changes.
+    with pytest.raises(RolloutAbortedError) as early:
+        await _roll_out(group, revision + 1, target, _scripted("PlacementDeleted"))
+    assert early.value.layers == [] and "stopped before layers [1]" in early.value.message
+    assert await _staged(group) == [] and torch.equal(tables(group)[0].routing[1:], start[1:])
+
+    # The same pods take the next rollout (as a new incarnation's, a revision above theirs).
+    report = await _roll_out(group, revision + 2, target, _scripted())
+    assert report.layers_total == CONFIG.layers - 1
+    assert torch.equal(tables(group)[0].routing, target)
+    assert_invariants(group, expected)
 
 
 async def test_a_dead_peer_fails_prepare_then_the_checkpoint_recovers_and_resyncs(

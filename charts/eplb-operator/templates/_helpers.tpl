@@ -37,6 +37,10 @@ app.kubernetes.io/part-of: eplb
 {{- end -}}
 {{- end -}}
 
+{{- define "eplb-operator.leaseName" -}}
+{{- default (printf "%s-leader" (include "eplb-operator.fullname" .) | trunc 63 | trimSuffix "-") .Values.operator.leaderElection.leaseName -}}
+{{- end -}}
+
 {{- define "eplb-operator.image" -}}
 {{- $image := index .root.Values.image .which -}}
 {{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}

@@ -33,8 +33,8 @@ class LocalImage:
 
 IMAGES: dict[str, LocalImage] = {
     "ghcr.io/eplb-k8s/eplb-operator": LocalImage(
-        ["kopf"],
-        ["run", "--standalone", "--all-namespaces", "--module=eplb_operator.controller.handlers"],
+        ["python", "-m", "eplb_operator.controller.run"],
+        ["--all-namespaces"],
         (65532, 65532),
         "eplb",
     ),

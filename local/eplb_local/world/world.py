@@ -48,6 +48,7 @@ SERVING_RELEASE = "moe"
 CHECKPOINT_MOUNT = "/models/reference"
 FAULTS_MOUNT = "/var/run/eplb-faults"
 OPERATOR_ACCOUNT = "eplb-eplb-operator"  # the chart's ServiceAccount for release OPERATOR_RELEASE
+OPERATOR_LEASE = f"{OPERATOR_ACCOUNT}-leader"  # the chart's leader-election Lease
 SIDECAR_AUDIENCE = "eplb-sidecar"  # both charts' default sidecar auth audience
 
 
@@ -163,6 +164,10 @@ class World:
             {
                 "crds": {"install": False},
                 "operator": {
+                    # One operator pod (leader election still on): a second would double the
+                    # operator's CPU on a two-core test machine; tests/operator/test_leader.py
+                    # runs two.
+                    "replicaCount": 1,
                     "watchNamespaces": [self.namespace],
                     "recheckSeconds": 1,
                     # None drops the chart's default emptyDir (Helm's way to unset a value).
@@ -420,19 +425,28 @@ class World:
             raise AssertionError("no operator pod")
         return live[0]
 
-    def operator_log(self) -> str:
-        """The operator's output, every pod and restart of it."""
+    def operator_log(self, pod_name: str | None = None) -> str:
+        """The operator's output, every pod (or the pod ``pod_name``) and restart of it."""
         logs = []
-        for directory in sorted(
-            self.kube.node_root.glob(f"pods/{self.namespace}_{OPERATOR_RELEASE}-*")
-        ):
+        pattern = f"{pod_name}_*" if pod_name else f"{OPERATOR_RELEASE}-*"
+        for directory in sorted(self.kube.node_root.glob(f"pods/{self.namespace}_{pattern}")):
             path = directory / "logs" / "operator.log"
             if path.exists():
                 logs.append(path.read_text(errors="replace"))
         return "\n".join(logs)
 
-    def operator_metrics(self) -> str:
-        ip = self.operator_pod()["status"]["podIP"]
+    def operator_leader(self) -> str | None:
+        """The operator pod holding the leader-election Lease (None: no Lease, or released)."""
+        reply = self.kube.api_checked().get(
+            f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{OPERATOR_LEASE}"
+        )
+        if reply.code != 200:
+            return None
+        return (reply.body.get("spec") or {}).get("holderIdentity") or None
+
+    def operator_metrics(self, pod: dict[str, Any] | None = None) -> str:
+        """``/metrics`` of ``pod`` (default: the first live operator pod)."""
+        ip = (pod or self.operator_pod())["status"]["podIP"]
         with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as response:
             return str(response.read().decode())
 

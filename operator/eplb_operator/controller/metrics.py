@@ -31,9 +31,14 @@ class OperatorMetrics:
         self.rollout_duration = names.instrument(names.ROLLOUT_DURATION, r, DURATION_BUCKETS)
         self.barrier_duration = names.instrument(names.BARRIER_DURATION, r, DURATION_BUCKETS)
         self.errors = names.instrument(names.RECONCILE_ERRORS, r)
+        self.leader = names.instrument(names.OPERATOR_LEADER, r)
+        self._served = False
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        start_http_server(port, address, registry=self.registry)
+        """Serve /metrics on ``port`` (once per process: a second call does nothing)."""
+        if not self._served:
+            start_http_server(port, address, registry=self.registry)
+            self._served = True
 
 
 METRICS = OperatorMetrics()

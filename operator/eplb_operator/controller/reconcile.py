@@ -60,6 +60,7 @@ from eplb_operator.controller.rollout import (
 )
 from eplb_operator.formats.mappings import parse_placement
 from eplb_operator.placement import PlanOptions, plan
+from eplb_sidecar.api import AbortRequest
 from eplb_sidecar.client import SidecarClient, SidecarError
 
 RECHECK_SECONDS = float(os.environ.get("EPLB_RECHECK_SECONDS", "30"))
@@ -92,6 +93,11 @@ class PlacementMemo:
     retry_after: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     degraded: tuple[str, str] | None = None  # the problem last reported with an Event
+    # Set when the placement is being deleted (handlers.py): a rollout under way stops where
+    # every pod agrees and aborts what it staged (rollout.Rollout's ``stop``).
+    stop_reason: str | None = None
+    rolling_out: bool = False  # inside Rollout.run: to be stopped by stop_reason, not cancelled
+    current_pass: asyncio.Task[Any] | None = None  # the daemon's pass under way
 
 
 class Reconciler:
@@ -387,6 +393,7 @@ class Reconciler:
             ),
             pod_alive=self._pod_alive,
             resumed_total=resumed_total,
+            stop=lambda: self.memo.stop_reason,
         )
         started = time.monotonic()
         progress = {} if resumed_total else {"layersCommitted": 0}  # a resumed one keeps its own
@@ -399,8 +406,10 @@ class Reconciler:
         METRICS.started.labels(**self.labels).set(time.time())
         self.emit("Normal", "RolloutStarted", messages.rollout_started(target.name, cause))
         try:
+            self.memo.rolling_out = True
             report = await self._follow(rollout)
         except RolloutAbortedError as error:
+            self.memo.rolling_out = False
             METRICS.in_progress.labels(**self.labels).set(0)
             METRICS.rollouts.labels(**self.labels, result=RolloutResult.ABORTED.value).inc()
             METRICS.errors.labels(**self.labels, reason=error.reason).inc()
@@ -417,6 +426,8 @@ class Reconciler:
                 targetRevision=None, phase="Degraded",
             )  # fmt: skip
             return min(RECHECK_SECONDS, 5.0)
+        finally:
+            self.memo.rolling_out = False
         METRICS.in_progress.labels(**self.labels).set(0)
         if report is None:
             await self._write(
@@ -514,6 +525,45 @@ class Reconciler:
         limit = spec.rollout.revision_history_limit + 1
         for name in to_prune(revisions, keep, limit):
             await kube.delete_revision(self.namespace, name)
+
+    # -- deletion --------------------------------------------------------------------------
+    async def drop_staging(self) -> list[str]:
+        """Abort whatever the selected pods have staged; the pods that had some.
+
+        For a placement being deleted, after its own rollout (if any) has stopped: one that
+        an operator which died mid-rollout left behind would otherwise stay staged, since no
+        rollout of this placement comes to clean it up.  Best effort: a pod that does not
+        answer is skipped (what it staged goes with its restart, or at the next rollout)."""
+        obj = await kube.get_placement(self.namespace, self.name)
+        if obj is None:
+            return []
+        try:
+            spec = ExpertPlacementSpec.model_validate(obj["spec"])
+        except pydantic.ValidationError:
+            return []
+        if spec.rollout.strategy == "Restart":
+            return []  # nothing is staged in sidecars: pods restart with a start-up file
+        pods = await kube.list_pods(self.namespace, spec.selector.to_query())
+        found = endpoints(pods, check_pods(pods, spec).groups, spec)
+        try:
+            token = sidecar_token()
+        except OSError:
+            return []
+        targets = [pod for members in found.groups.values() for pod in members.values()]
+
+        async def drop(pod: PodEndpoint) -> bool:
+            async with SidecarClient(pod.control_url, token) as client:
+                try:
+                    staged = (await client.info()).staged
+                    for staging in staged:
+                        await client.abort(AbortRequest(revision=staging.revision,
+                                                        layers=staging.layers))  # fmt: skip
+                except (SidecarError, OSError, TimeoutError):
+                    return False
+                return bool(staged)
+
+        dropped = await asyncio.gather(*(drop(pod) for pod in targets))
+        return [pod.name for pod, had in zip(targets, dropped, strict=True) if had]
 
     # -- reporting -------------------------------------------------------------------------
     async def degraded(self, reason: str, message: str) -> float:

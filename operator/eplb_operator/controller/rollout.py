@@ -14,6 +14,13 @@ while the rest of its group agree (it restarted) is re-synced alone from its che
 Progress is a stream of events (:meth:`Rollout.events`): a :class:`BatchCommitted` after each
 batch, then :class:`RolloutFinished`.  The caller records each, and pauses the rollout
 between batches by no longer asking for the next event.
+
+A rollout asked to stop (``stop`` returns a reason: its ExpertPlacement is being deleted)
+stops at the next point where every pod agrees: before a batch, or after a batch's prepare
+barrier, which it then aborts on every pod instead of committing.  A prepare in flight is
+waited for, not cancelled: a sidecar finishes a prepare it received, so an abort sent
+before it returned could land first and leave the staging behind.  A commit phase that has
+begun is finished (some pods may have committed already), so no layer is left half-applied.
 """
 
 from __future__ import annotations
@@ -154,10 +161,13 @@ class Rollout:
         options: RolloutOptions,
         pod_alive: Callable[[PodEndpoint], Awaitable[bool]],
         resumed_total: int = 0,
+        stop: Callable[[], str | None] = lambda: None,
     ) -> None:
         """``pod_alive``: whether a pod whose commit failed still exists (else it is dropped
         and re-synced when it returns); ``resumed_total``: the layers this rollout had in all
-        when it was interrupted (from the status), 0 for a new rollout."""
+        when it was interrupted (from the status), 0 for a new rollout; ``stop``: a reason once
+        the rollout must stop (raised as :class:`RolloutAbortedError` with that reason), else
+        None."""
         self.groups = groups
         self.resumed_total = resumed_total
         self.clients = clients
@@ -166,6 +176,7 @@ class Rollout:
         self.rows: list[list[int]] = target.tolist()
         self.options = options
         self.pod_alive = pod_alive
+        self.stop = stop
         self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
         # The key peers prove to each other at the transfer gate (sidecar rendezvous): it
         # reaches them only over the authenticated control API, one per rollout.
@@ -187,6 +198,9 @@ class Rollout:
         step = self.options.layers_per_step
         for index in range(0, len(layers), step):
             batch = layers[index : index + step]
+            stopping = self.stop()
+            if stopping is not None:  # nothing is staged between batches
+                raise RolloutAbortedError(stopping, f"stopped before layers {batch}", [])
             work = self._plan_batch(batch, states)
             batch_report = await self._run_batch(batch, work, report, started)
             report.batches.append(batch_report)
@@ -247,6 +261,12 @@ class Rollout:
                 message = f"not every pod prepared within {self.options.barrier_timeout:g} s"
             raise RolloutAbortedError(reason, f"layers {batch}: {message}", batch) from error
         prepare_seconds = time.monotonic() - prepare_started
+        stopping = self.stop()
+        if stopping is not None:  # every pod prepared: the last point before pods could differ
+            await self._abort_everywhere(work)
+            raise RolloutAbortedError(
+                stopping, f"layers {batch}: stopped after prepare; aborted on every pod", batch
+            )
 
         commit_started = time.monotonic()
         await self._commit_everywhere(work, report, started)
