@@ -1,0 +1,37 @@
+"""Fingerprints of expert payloads: what a receiver checks before staging a peer's experts."""
+
+from __future__ import annotations
+
+import torch
+
+from eplb_sidecar.transfer import fingerprints
+
+
+def payload(experts: int, nbytes: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (experts * nbytes,), dtype=torch.uint8, generator=generator)
+
+
+def test_any_flipped_bit_changes_its_experts_fingerprint_only() -> None:
+    clean = payload(3, 100)  # 100 bytes: not a multiple of 8, padded
+    reference = fingerprints(clean, 3)
+    for position in (0, 7, 99, 100, 255, 299):
+        for bit in (0, 7):
+            corrupted = clean.clone()
+            corrupted[position] ^= 1 << bit
+            changed = fingerprints(corrupted, 3) != reference
+            assert changed.tolist() == [e == position // 100 for e in range(3)], (position, bit)
+
+
+def test_truncation_and_swapped_words_change_the_fingerprint() -> None:
+    clean = payload(2, 64)
+    reference = fingerprints(clean, 2)
+    short = torch.zeros_like(clean)
+    short[:96] = clean[:96]  # what gloo leaves in a longer buffer after a short message
+    assert fingerprints(short, 2).tolist()[1] != reference.tolist()[1]
+    swapped = clean.clone()
+    swapped[0:8], swapped[8:16] = clean[8:16], clean[0:8]
+    if not torch.equal(swapped, clean):
+        assert fingerprints(swapped, 2)[0] != reference[0]
+    # The same bytes give the same fingerprints, wherever the piece sits in the payload.
+    assert fingerprints(clean[64:], 1)[0] == reference[1]
