@@ -139,6 +139,7 @@ def digest(*tensors: torch.Tensor) -> int:
 # is a bijection modulo 2**64, so no single changed bit can cancel out of the sum.
 _POSITION_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 _WORD_MIX = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+_CHUNK_BYTES = 64 << 20
 
 
 def fingerprints(payload: torch.Tensor, count: int) -> torch.Tensor:
@@ -153,12 +154,19 @@ def fingerprints(payload: torch.Tensor, count: int) -> torch.Tensor:
     (the rendezvous gate keeps strangers out of the session).
     """
     rows = payload.reshape(count, -1)
-    if rows.shape[1] % 8:
-        rows = torch.nn.functional.pad(rows, (0, 8 - rows.shape[1] % 8))
-    words = rows.contiguous().view(torch.int64)  # [count, W]
-    positions = torch.arange(words.shape[1], dtype=torch.int64, device=words.device)
-    mixed = torch.bitwise_xor(words, positions * _POSITION_MIX) * _WORD_MIX  # wraps mod 2**64
-    return mixed.sum(dim=1)
+    width = -(-rows.shape[1] // 8)  # words per piece, the last one zero-padded
+    positions = torch.arange(width, dtype=torch.int64, device=payload.device) * _POSITION_MIX
+    # A few pieces at a time: the temporaries stay near _CHUNK_BYTES, not twice the payload
+    # (gigabytes of GPU memory in a large transfer).
+    step = max(1, _CHUNK_BYTES // max(1, rows.shape[1]))
+    sums = []
+    for start in range(0, count, step):
+        chunk = rows[start : start + step]
+        if chunk.shape[1] % 8:
+            chunk = torch.nn.functional.pad(chunk, (0, 8 - chunk.shape[1] % 8))
+        words = chunk.contiguous().view(torch.int64)  # [pieces, width]
+        sums.append((torch.bitwise_xor(words, positions) * _WORD_MIX).sum(dim=1))  # mod 2**64
+    return torch.cat(sums) if sums else torch.empty(0, dtype=torch.int64, device=payload.device)
 
 
 def agree(

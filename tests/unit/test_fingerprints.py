@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from eplb_sidecar import transfer
 from eplb_sidecar.transfer import fingerprints
 
 
@@ -35,3 +37,12 @@ def test_truncation_and_swapped_words_change_the_fingerprint() -> None:
         assert fingerprints(swapped, 2)[0] != reference[0]
     # The same bytes give the same fingerprints, wherever the piece sits in the payload.
     assert fingerprints(clean[64:], 1)[0] == reference[1]
+
+
+def test_pieces_checked_a_few_at_a_time_give_the_same_fingerprints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clean = payload(5, 24)
+    whole = fingerprints(clean, 5)
+    monkeypatch.setattr(transfer, "_CHUNK_BYTES", 50)  # two pieces per chunk
+    assert torch.equal(fingerprints(clean, 5), whole)
