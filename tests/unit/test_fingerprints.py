@@ -25,18 +25,18 @@ def test_any_flipped_bit_changes_its_experts_fingerprint_only() -> None:
             assert changed.tolist() == [e == position // 100 for e in range(3)], (position, bit)
 
 
-def test_truncation_and_swapped_words_change_the_fingerprint() -> None:
-    clean = payload(2, 64)
+def test_truncation_and_swapped_blocks_change_the_fingerprint() -> None:
+    clean = payload(2, 256)
     reference = fingerprints(clean, 2)
     short = torch.zeros_like(clean)
-    short[:96] = clean[:96]  # what gloo leaves in a longer buffer after a short message
-    assert fingerprints(short, 2).tolist()[1] != reference.tolist()[1]
-    swapped = clean.clone()
-    swapped[0:8], swapped[8:16] = clean[8:16], clean[0:8]
-    if not torch.equal(swapped, clean):
-        assert fingerprints(swapped, 2)[0] != reference[0]
+    short[:300] = clean[:300]  # what gloo leaves in a longer buffer after a short message
+    assert fingerprints(short, 2)[0] == reference[0]  # the first expert arrived whole
+    assert fingerprints(short, 2)[1] != reference[1]
+    swapped = clean.clone()  # two 64-byte blocks of the first expert trade places
+    swapped[0:64], swapped[64:128] = clean[64:128].clone(), clean[0:64].clone()
+    assert fingerprints(swapped, 2)[0] != reference[0]
     # The same bytes give the same fingerprints, wherever the piece sits in the payload.
-    assert fingerprints(clean[64:], 1)[0] == reference[1]
+    assert fingerprints(clean[256:], 1)[0] == reference[1]
 
 
 def test_pieces_checked_a_few_at_a_time_give_the_same_fingerprints(
@@ -44,5 +44,5 @@ def test_pieces_checked_a_few_at_a_time_give_the_same_fingerprints(
 ) -> None:
     clean = payload(5, 24)
     whole = fingerprints(clean, 5)
-    monkeypatch.setattr(transfer, "_CHUNK_BYTES", 50)  # two pieces per chunk
+    monkeypatch.setattr(transfer, "_CHUNK_BYTES", 50)  # two pieces per chunk, padded
     assert torch.equal(fingerprints(clean, 5), whole)
