@@ -384,9 +384,7 @@ class ShuffleExecutor:
             for peer, got in receives.items()
         }
         exchange(session, rank, outgoing, incoming)  # type: ignore[arg-type]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        self.last_transfer_seconds = time.perf_counter() - started
+        # The check counts as part of the transfer (reading .tolist() waits for the GPU).
         for peer, got in receives.items():
             buffer, announced = incoming[peer]
             arrived = fingerprints(buffer, len(got))
@@ -399,6 +397,9 @@ class ShuffleExecutor:
                     f"fingerprints it sent ({named}): corrupt or truncated in transfer; "
                     f"nothing staged"
                 )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.last_transfer_seconds = time.perf_counter() - started
         for peer, got in receives.items():
             buffer = incoming[peer][0]
             if device != target:  # gloo with GPU weights: received in host memory
