@@ -21,7 +21,7 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, TCPConnector, web
 
 from eplb_local.kube.control_plane import ControlPlane
 
@@ -62,7 +62,8 @@ class FaultyApiProxy:
         self.pki = plane.pki
         self.counts = ProxyCounts()
         self._fail_status_writes = 0
-        self._streams: dict[web.StreamResponse, asyncio.Transport] = {}
+        # Each open watch: the client's connection and the server's response it relays.
+        self._streams: dict[web.StreamResponse, tuple[asyncio.Transport, ClientResponse]] = {}
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="api-proxy",
@@ -80,11 +81,12 @@ class FaultyApiProxy:
         return asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(10)
 
     async def _drop(self) -> int:
-        transports = list(self._streams.values())
-        for transport in transports:
+        streams = list(self._streams.values())
+        for transport, upstream in streams:
             transport.abort()  # no final chunk: the client sees the stream break
-        self.counts.dropped_watches += len(transports)
-        return len(transports)
+            upstream.close()  # and the relay stops waiting for the server's next event
+        self.counts.dropped_watches += len(streams)
+        return len(streams)
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> FaultyApiProxy:
@@ -109,7 +111,7 @@ class FaultyApiProxy:
         serving_tls.load_cert_chain(str(self.pki.apiserver.cert), str(self.pki.apiserver.key))
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{path:.*}", self._forward)
-        self._runner = web.AppRunner(app, handle_signals=False)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, ssl_context=serving_tls).start()
 
@@ -156,13 +158,13 @@ class FaultyApiProxy:
             stream = web.StreamResponse(status=upstream.status, headers=reply_headers)
             await stream.prepare(request)
             if request.transport is not None:
-                self._streams[stream] = request.transport
+                self._streams[stream] = (request.transport, upstream)
             try:
                 async for chunk in upstream.content.iter_any():
                     await stream.write(chunk)
                 await stream.write_eof()
-            except ConnectionError:
-                pass  # the client went, or we cut it
+            except (ConnectionError, ClientError):
+                pass  # the client went, or we cut the stream
             finally:
                 self._streams.pop(stream, None)
             return stream
