@@ -4,6 +4,8 @@ memory and descriptors of the processes compared by the script itself."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +24,22 @@ MIN_REBALANCES = 6
 
 def test_a_short_soak_keeps_every_invariant_and_leaks_nothing(tmp_path: Path) -> None:
     output = tmp_path / "soak.md"
-    result = subprocess.run(
+    # Its own session: on a timeout the soak's pods (its child processes) go with it.
+    soak = subprocess.Popen(
         [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--rebalances", "1000",
          "--kill-every", "2", "--seed", "1", "--max-minutes", str(MINUTES),
          "--output", str(output)],
-        capture_output=True, text=True, timeout=600, check=False, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        start_new_session=True, env=dict(os.environ, EPLB_SOAK_VERBOSE="1"),
     )  # fmt: skip
+    try:
+        log, _ = soak.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(soak.pid, signal.SIGKILL)
+        log, _ = soak.communicate()
+        raise AssertionError(f"the soak ran past 10 minutes:\n{log[-3000:]}") from None
     # Exit 1 on a §5 violation or on memory/descriptor growth past the stated bounds.
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert soak.returncode == 0, log[-6000:]
     report = output.read_text()
     header = next(i for i, line in enumerate(report.splitlines()) if line.startswith("| rebal"))
     row = report.splitlines()[header + 2]
