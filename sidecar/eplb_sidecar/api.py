@@ -151,6 +151,7 @@ class Reason(str, Enum):
     PLACEMENT_MISMATCH = "PlacementMismatch"  # the transfer group's members serve apart
     NO_SOURCE = "NoSource"  # an expert nobody holds, and no checkpoint
     TRANSFER_FAILED = "TransferFailed"  # a peer did not join or a transfer broke
+    TRANSFER_CORRUPT = "TransferCorrupt"  # a peer's expert failed its fingerprint check
     ENGINE_BUSY = "EngineBusy"  # no step boundary within the timeout
     COMMIT_FAILED = "CommitFailed"  # failed part-way, rolled back
     CHECKPOINT_UNREADABLE = "CheckpointUnreadable"

@@ -89,6 +89,13 @@ class TransferFailedError(RefusedError):
     reason = Reason.TRANSFER_FAILED
 
 
+class TransferCorruptError(RefusedError):
+    """A peer's expert arrived corrupt or truncated (its fingerprint did not match); nothing
+    was staged and the transfer session is spent."""
+
+    reason = Reason.TRANSFER_CORRUPT
+
+
 class EngineBusyError(RefusedError):
     """The engine did not reach a step boundary within the call's timeout."""
 

@@ -29,7 +29,7 @@ from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.engine.server import ServedEngine, engine_app
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.server import control_app, metrics_app
+from eplb_sidecar.server import control_app, metrics_app, tamper_outgoing
 from eplb_sidecar.shuffle import ShuffleExecutor
 from eplb_sidecar.sources.counters import ExpertCounters
 from eplb_sidecar.sources.serve import LoadSource, source_apps
@@ -119,7 +119,7 @@ def run_sidecar(options: SidecarOptions, auth: Authenticator | None = None) -> N
         if options.checkpoint
         else None
     )
-    executor = ShuffleExecutor(tables, options.pod, peers, checkpoint)
+    executor = ShuffleExecutor(tables, options.pod, peers, checkpoint, tamper=tamper_outgoing)
     metrics = SidecarMetrics(tables)
     control = control_app(executor, metrics, auth)
     apps = [

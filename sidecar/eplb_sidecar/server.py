@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -61,11 +62,16 @@ def current_fault() -> str:
     return os.environ.get(FAULT_ENV, "")
 
 
-def die_of_fault() -> None:
-    """An ``exit-…`` fault fires once: the restarted container starts without it."""
+def clear_fault() -> None:
+    """A fault that fires once removes its file (one given by environment stays)."""
     path = os.environ.get(FAULT_FILE_ENV, "")
     if path:
         Path(path).unlink(missing_ok=True)
+
+
+def die_of_fault() -> None:
+    """An ``exit-…`` fault fires once: the restarted container starts without it."""
+    clear_fault()
     os._exit(137)
 
 
@@ -99,8 +105,8 @@ async def inject_fault(phase: str) -> None:
     ``exit-at-prepare``, ``exit-at-commit``: the process dies on receiving the call
     (SIGKILL-like: no cleanup, no answer); ``exit-after-prepare``: it sends its whole answer
     to a prepare, then dies (see :func:`_run`), so the operator's commit finds it gone;
-    ``delay-prepare=SECONDS``: every prepare first waits that long (a slow pod).  Unset in
-    production.
+    ``delay-prepare=SECONDS``: every prepare first waits that long (a slow pod);
+    ``corrupt-send``, ``truncate-send``: see :func:`tamper_outgoing`.  Unset in production.
     """
     fault = current_fault()
     if fault == f"exit-at-{phase}":
@@ -123,6 +129,7 @@ STATUS: dict[Reason, int] = {
     Reason.PLACEMENT_MISMATCH: 409,
     Reason.NO_SOURCE: 409,
     Reason.TRANSFER_FAILED: 503,
+    Reason.TRANSFER_CORRUPT: 503,
     Reason.ENGINE_BUSY: 503,
     Reason.COMMIT_FAILED: 503,
     Reason.CHECKPOINT_UNREADABLE: 500,
@@ -133,6 +140,24 @@ STATUS: dict[Reason, int] = {
 def refusal(refused: RefusedError) -> web.Response:
     """``refused`` as its HTTP status and Problem body."""
     return problem(STATUS[refused.reason], refused.reason.value, refused.message)
+
+
+def tamper_outgoing(payload: torch.Tensor) -> torch.Tensor:
+    """Chaos testing: what a faulty peer sends instead of ``payload`` (flat uint8, the
+    experts for one peer, already fingerprinted).  ``corrupt-send``: one bit of the first
+    expert flipped; ``truncate-send``: the last half of the payload dropped (gloo takes the
+    short message into the receiver's longer buffer without complaint).  Each fires once
+    (its file is removed), so the operator's retry finds a healthy peer.  Unset in
+    production: the payload goes as it is."""
+    fault = current_fault()
+    if fault not in ("corrupt-send", "truncate-send"):
+        return payload
+    clear_fault()
+    if fault == "truncate-send":
+        return payload[: payload.numel() // 2].clone()
+    corrupted = payload.clone()
+    corrupted[0] ^= 1
+    return corrupted
 
 
 def problem(status: int, reason: str, message: str) -> web.Response:

@@ -14,6 +14,7 @@ server knows their HTTP statuses.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -54,9 +55,18 @@ from eplb_sidecar.refusals import (
     OutOfOrderError,
     PlacementMismatchError,
     RollbackFailedError,
+    TransferCorruptError,
     TransferFailedError,
 )
-from eplb_sidecar.transfer import PeerGroups, TransferError, agree, digest, exchange
+from eplb_sidecar.transfer import (
+    CorruptTransferError,
+    PeerGroups,
+    TransferError,
+    agree,
+    digest,
+    exchange,
+    fingerprints,
+)
 
 Weights = dict[str, torch.Tensor]
 Copies = list[tuple[torch.Tensor, torch.Tensor]]
@@ -99,8 +109,12 @@ class ShuffleExecutor:
         pod: str,
         peers: PeerGroups | None = None,
         checkpoint: CheckpointReader | None = None,
+        tamper: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """``table``: the pod's local tables (one ExpertTable: a pod of one rank).
+        ``tamper``: what fault injection does to each payload this pod sends, after its
+        fingerprints were taken (chaos tests: :func:`eplb_sidecar.server.tamper_outgoing`);
+        None sends it as it is.
 
         Everything below works on the pod as one member of its group (``self.tables.layout``:
         ``rank`` is the pod's index, ``slots_per_rank`` its ``K*S`` slots), so moves between
@@ -110,6 +124,7 @@ class ShuffleExecutor:
         self.pod = pod
         self.peers = peers
         self.checkpoint = checkpoint
+        self.tamper: Callable[[torch.Tensor], torch.Tensor] = tamper or (lambda payload: payload)
         self.staged: dict[int, StagedLayer] = {}
         layout = self.tables.layout
         nccl = peers is not None and peers.backend == "nccl"
@@ -288,6 +303,8 @@ class ShuffleExecutor:
             except TransferError as error:
                 assert request.transfer is not None and self.peers is not None
                 self.peers.poison(request.transfer.session)
+                if isinstance(error, CorruptTransferError):
+                    raise TransferCorruptError(str(error)) from error
                 raise TransferFailedError(str(error)) from error
         for fetch in mine:
             if fetch.src_rank == CHECKPOINT:
@@ -312,7 +329,10 @@ class ShuffleExecutor:
         One message per peer and direction: the sender gathers the experts' bytes into one
         buffer (a device copy, a fraction of the transfer's time), the receiver stages views
         of the buffer it received into (no copy).  Many small messages cost far more on
-        NCCL than the gather does.
+        NCCL than the gather does.  With each buffer goes the sender's fingerprint of every
+        expert in it (``[experts]`` int64, :func:`~eplb_sidecar.transfer.fingerprints`); the
+        receiver checks them before staging anything, since neither backend notices a
+        corrupt message, and gloo takes a short one into a longer buffer without a word.
         """
         rank = self.tables.layout.rank
         device = self._transfer_device
@@ -341,11 +361,32 @@ class ShuffleExecutor:
             ]
             for peer, sent in sends.items()
         }
+        for peer, sent in sends.items():
+            payload = outgoing[peer][0]
+            # Fingerprints of what this rank holds, then the payload as it leaves (a chaos
+            # test's tamper may corrupt or cut it on the way).
+            outgoing[peer] = [self.tamper(payload), fingerprints(payload, len(sent))]
         incoming = {
-            peer: [torch.empty(len(got) * expert_bytes, dtype=torch.uint8, device=device)]
+            peer: [
+                torch.empty(len(got) * expert_bytes, dtype=torch.uint8, device=device),
+                torch.empty(len(got), dtype=torch.int64, device=device),
+            ]
             for peer, got in receives.items()
         }
         exchange(session, rank, outgoing, incoming)  # type: ignore[arg-type]
+        # The check counts as part of the transfer (reading .tolist() waits for the GPU).
+        for peer, got in receives.items():
+            buffer, announced = incoming[peer]
+            arrived = fingerprints(buffer, len(got))
+            bad = [f for f, ok in zip(got, torch.eq(arrived, announced).tolist(), strict=True)
+                   if not ok]  # fmt: skip
+            if bad:
+                named = ", ".join(f"layer {f.layer} expert {f.expert}" for f in bad[:5])
+                raise CorruptTransferError(
+                    f"{len(bad)} of {len(got)} experts from rank {peer} differ from the "
+                    f"fingerprints it sent ({named}): corrupt or truncated in transfer; "
+                    f"nothing staged"
+                )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.last_transfer_seconds = time.perf_counter() - started

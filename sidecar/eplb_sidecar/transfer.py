@@ -31,6 +31,10 @@ class TransferError(RuntimeError):
     """A peer did not take part, or a transfer failed or timed out."""
 
 
+class CorruptTransferError(TransferError):
+    """Experts arrived that differ from the fingerprints their sender computed."""
+
+
 @dataclass
 class _Session:
     name: str
@@ -129,6 +133,45 @@ def digest(*tensors: torch.Tensor) -> int:
     for tensor in tensors:
         hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return int.from_bytes(hasher.digest(), "little") >> 1
+
+
+# Odd 64-bit constants (from the golden ratio and splitmix64): multiplying by an odd number
+# is a bijection modulo 2**64, so no changed block sum can vanish from the total.
+_POSITION_MIX = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
+_BLOCK_MIX = -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+# 4 KiB blocks: summed in the one pass that reads the payload, at 2.0 TB/s on an H100 (a
+# plain sum: 2.5; 64-byte blocks: 0.8), 0.13 ms for 252 MiB of experts.
+_BLOCK_WORDS = 512
+_CHUNK_BYTES = 256 << 20
+
+
+def fingerprints(payload: torch.Tensor, count: int) -> torch.Tensor:
+    """``[count]`` int64: a checksum of each of the ``count`` equal pieces of ``payload``
+    (flat uint8 ``[count * piece]``), computed on the payload's own device (no copy to the
+    host).
+
+    The 8-byte words of each 4 KiB block are summed (one pass over the bytes, the only
+    one: on GPU a fraction of the transfer's time); each block sum is mixed with its
+    position and multiplied by an odd constant, and the products summed, all modulo 2**64.
+    Any changed bit changes its block's sum and so the total, and so does a block moved
+    elsewhere (barring a 2**-64 coincidence); words swapped within a block are not seen.
+    Not a cryptographic hash: it catches corruption and truncation in transfer, not a
+    peer that forges bytes and checksum alike (the rendezvous gate keeps strangers out).
+    """
+    rows = payload.reshape(count, -1)
+    block = 8 * _BLOCK_WORDS
+    blocks = -(-rows.shape[1] // block)  # per piece, the last one zero-padded
+    positions = torch.arange(blocks, dtype=torch.int64, device=payload.device) * _POSITION_MIX
+    step = max(1, _CHUNK_BYTES // max(1, rows.shape[1]))  # bounds the padded copy, if any
+    sums = []
+    for start in range(0, count, step):
+        chunk = rows[start : start + step]
+        if chunk.shape[1] % block:
+            chunk = torch.nn.functional.pad(chunk, (0, block - chunk.shape[1] % block))
+        words = chunk.contiguous().view(torch.int64).view(chunk.shape[0], blocks, _BLOCK_WORDS)
+        mixed = torch.bitwise_xor(words.sum(dim=2), positions) * _BLOCK_MIX  # wraps
+        sums.append(mixed.sum(dim=1))
+    return torch.cat(sums) if sums else torch.empty(0, dtype=torch.int64, device=payload.device)
 
 
 def agree(

@@ -8,7 +8,7 @@ import pytest
 from eplb_local.kube.audit import requests
 from eplb_local.world import World
 
-from .conftest import APP, apply_offline, planned, serves, spec
+from .conftest import APP, apply_offline, assert_invariants, planned, serves, spec
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "eplb-eplb-operator"
@@ -16,6 +16,7 @@ ACCOUNT = "eplb-eplb-operator"
 
 def test_an_api_server_restart_and_410_gone_are_survived(world: World) -> None:
     assert world.kube.plane is not None
+    expected = world.probe()
     target = planned(seed=3)
     apply_offline(world, target)
     world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the rollout")
@@ -45,3 +46,4 @@ def test_an_api_server_restart_and_410_gone_are_survived(world: World) -> None:
     )
     assert serves(world, target) and world.status(APP)["currentRevision"] == "moe-1"
     assert world.restarts(world.operator_pod()["metadata"]["name"], "operator") == 0
+    assert_invariants(world, expected)

@@ -200,6 +200,7 @@ def test_a_409_on_the_status_write_is_retried_on_the_fresh_object(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(world.kube.kubeconfig))
+    expected = world.probe()
     world.scale_operator(0)  # only this test writes
     api = world.kube.api_checked()
     api.checked("POST", world.xpl, spec(online={}))
@@ -214,3 +215,4 @@ def test_a_409_on_the_status_write_is_retried_on_the_fresh_object(
     asyncio.run(kube.update_placement_status(world.namespace, APP, change))
     assert len(calls) == 2 and calls[0] != calls[1]
     assert world.status()["phase"] == "written-2"
+    assert_invariants(world, expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,36 @@ def test_a_layout_that_cannot_hold_its_experts_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot hold 9 experts"):
         TableLayout(rank=0, ranks=2, layers=1, experts=9, slots_per_rank=4,
                     weights=EngineConfig().weight_specs())  # fmt: skip
+
+
+def test_steps_of_two_threads_of_one_engine_never_overlap(
+    tmp_path: Path, config: EngineConfig
+) -> None:
+    # The serving loop and a probe are two threads of one engine process: flock alone let
+    # both in at once, and a probe read routes the loop was rebuilding (HTTP 500).
+    engine = ReferenceEngine(config, tmp_path)
+    inside = threading.Event()
+    release = threading.Event()
+    entered: list[float] = []
+
+    def hold() -> None:
+        with engine.table.engine_step():
+            inside.set()
+            release.wait(5)
+
+    def enter() -> None:
+        with engine.table.engine_step():
+            entered.append(time.monotonic())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(5)
+    other = threading.Thread(target=enter)
+    other.start()
+    time.sleep(0.3)
+    assert entered == [], "a second thread stepped while the first held the step"
+    released = time.monotonic()
+    release.set()
+    holder.join(5)
+    other.join(5)
+    assert len(entered) == 1 and entered[0] >= released

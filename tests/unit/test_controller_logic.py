@@ -8,6 +8,7 @@ import pytest
 
 from eplb_operator.api.v1alpha1 import ExpertPlacementSpec, LabelSelector
 from eplb_operator.controller.conditions import ConditionStatus, condition, set_condition
+from eplb_operator.controller.kube import in_cluster_server
 from eplb_operator.controller.pods import check_pods
 
 SPEC = ExpertPlacementSpec.model_validate(
@@ -154,3 +155,20 @@ def test_selector_query_string() -> None:
         }
     )
     assert selector.to_query() == "a=1,b=2,tier in (x,y),!gone"
+
+
+@pytest.mark.parametrize(
+    ("environ", "server"),
+    [
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"},
+         "https://10.0.0.1:443"),
+        ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"},
+         "https://[fd00::1]:6443"),
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, None),
+        ({}, None),
+    ],
+)  # fmt: skip
+def test_kopf_and_our_client_find_the_api_server_where_the_pod_environment_says(
+    environ: dict[str, str], server: str | None
+) -> None:
+    assert in_cluster_server(environ) == server

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Awaitable
 from typing import Any
@@ -48,8 +49,13 @@ DELETION_GRACE_SECONDS = 60.0
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster service account, else KUBECONFIG: the same whichever client libs exist."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """In-cluster service account, else KUBECONFIG: the same whichever client libs exist.
+    In a pod, kopf watches the server our own client (kube.api_client) writes to."""
+    info = kopf.login_with_service_account(**kwargs)
+    server = kube.in_cluster_server(os.environ)
+    if info is not None and server is not None:
+        return dataclasses.replace(info, server=server)
+    return info or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

@@ -7,7 +7,7 @@ annotations and Events aside), so its RBAC can be read off one file.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -22,6 +22,17 @@ from eplb_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 MERGE_PATCH = "application/merge-patch+json"
 USER_AGENT = f"eplb-operator/{__version__}"
 REVISION_LABEL = "eplb.io/placement"
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server's URL from a pod's service environment (``KUBERNETES_SERVICE_HOST``
+    and ``_PORT``), as client-go and kubernetes_asyncio take it; None outside a pod.  kopf's
+    own service-account login names ``kubernetes.default.svc:443`` instead, which differs
+    where the environment points elsewhere (a proxy in front of the server)."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 async def api_client() -> client.ApiClient:

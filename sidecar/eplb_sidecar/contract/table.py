@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import pickle
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,6 +103,10 @@ class ExpertTable:
             os.fchmod(self._lock_fd, FILE_MODE)
         self.weights: dict[str, torch.Tensor] = {}
         self._seen_epoch: int | None = None
+        # flock excludes other processes only: threads of the engine sharing this fd (its
+        # serving loop and a probe) would both "hold" it, and one would read routes the
+        # other is rebuilding after a commit.
+        self._step_thread_lock = threading.Lock()
 
     # -- engine side ---------------------------------------------------------------------
     @classmethod
@@ -154,14 +159,15 @@ class ExpertTable:
         deadline = time.monotonic() + _MAX_YIELD_SECONDS
         while int(self._epoch[1]) != 0 and time.monotonic() < deadline:
             time.sleep(_POLL_SECONDS)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            epoch = int(self._epoch[0])
-            changed = epoch != self._seen_epoch
-            self._seen_epoch = epoch
-            yield changed
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with self._step_thread_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                epoch = int(self._epoch[0])
+                changed = epoch != self._seen_epoch
+                self._seen_epoch = epoch
+                yield changed
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # -- sidecar side --------------------------------------------------------------------
     @classmethod

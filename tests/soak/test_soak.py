@@ -1,0 +1,54 @@
+"""The soak in CI: about 75 seconds of rebalances under inference, a sidecar, a pod or the
+operator killed every second rebalance; DESIGN.md §5 checked after every rebalance and the
+memory and descriptors of the processes compared by the script itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+MINUTES = 1.25
+# Each rebalance is a fresh skew, a window read and a rollout with real peer transfers,
+# about a second here; a loaded 2-core machine still gets this many done.
+MIN_REBALANCES = 6
+
+
+def test_a_short_soak_keeps_every_invariant_and_leaks_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "soak.md"
+    # Its own session: on a timeout the soak's pods (its child processes) go with it.
+    soak = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--rebalances", "1000",
+         "--kill-every", "2", "--seed", "1", "--max-minutes", str(MINUTES),
+         "--output", str(output)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        start_new_session=True, env=dict(os.environ, EPLB_SOAK_VERBOSE="1"),
+    )  # fmt: skip
+    try:
+        log, _ = soak.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(soak.pid, signal.SIGKILL)
+        log, _ = soak.communicate()
+        raise AssertionError(f"the soak ran past 10 minutes:\n{log[-3000:]}") from None
+    # Exit 1 on a §5 violation or on memory/descriptor growth past the stated bounds.
+    assert soak.returncode == 0, log[-6000:]
+    report = output.read_text()
+    header = next(i for i, line in enumerate(report.splitlines()) if line.startswith("| rebal"))
+    row = report.splitlines()[header + 2]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    rebalances, faults, violations = int(cells[0]), cells[1], int(cells[4])
+    assert violations == 0, report
+    assert rebalances >= MIN_REBALANCES, report
+    # Every kind of kill, once per round of three (in a random order).
+    counts = dict(part.rsplit(" ", 1) for part in faults.split(", "))
+    assert all(int(counts[kind]) >= 1 for kind in ("sidecar", "pod", "operator")), faults
+    # Memory and descriptors of the processes that lived through the run were measured.
+    assert "| operator |" in report and "Growth past the bounds: none." in report, report
