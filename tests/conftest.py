@@ -44,7 +44,10 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKube]:
     the whole session, the CRDs installed; tests keep to namespaces of their own. A missing
     binary fails here, never skips: CI must build them (scripts/setup.sh)."""
     from eplb_local.world import LocalKube  # local tooling: a GPU machine runs without it
+    from eplb_local.world.warm import warm_compile_cache
 
+    # The operator pods' kernels compiled once, up front, not inside a test's wait.
+    warm_compile_cache()
     with LocalKube(tmp_path_factory.mktemp("kube")) as local:
         yield local
 
