@@ -9,11 +9,9 @@ that holds the leader-election Lease (:mod:`eplb_operator.controller.election`):
    finalizer, no write, so two replicas never meddle with one ExpertPlacement.
 3. The leader runs kopf and renews the Lease meanwhile.  Lost (no renewal within the renew
    deadline, or taken by another), kopf is stopped at once, its daemons cancelling their
-   passes where they are (the next leader resumes a rollout from what the pods serve), and
-   this replica follows again; the finalizers stay (the new leader's).  The process exits
-   (1) only if kopf does not stop in time, where controller-runtime always exits: a lost
-   Lease is routine when the API server restarts, and a container restart of an operator
-   that imports torch costs a minute.
+   passes where they are (the next leader resumes a rollout from what the pods serve); the
+   finalizers stay (the new leader's), and the process exits 1 to come back as a follower
+   (client-go's and controller-runtime's convention; kopf is not run twice in a process).
 4. SIGTERM: the leader stops kopf gracefully (its cleanup takes the finalizers off, see
    handlers.py), then gives the Lease up, so that a follower takes over at its next retry
    rather than after the lease duration; a follower just exits.
@@ -42,7 +40,7 @@ from eplb_operator.controller.kube import api_client
 from eplb_operator.controller.metrics import METRICS
 
 log = logging.getLogger("eplb_operator.run")
-EXIT_LEADERSHIP_LOST = 1  # only when kopf does not stop in time after the Lease is lost
+EXIT_LEADERSHIP_LOST = 1  # the container restarts, as a follower
 STOP_SECONDS = 30.0
 
 
@@ -104,48 +102,47 @@ def operator(options: argparse.Namespace, stop: asyncio.Event | None = None) -> 
 
 
 async def lead(options: argparse.Namespace, elector: LeaseElector) -> int:
-    """Follow until leading, run kopf while the Lease is held, follow again when it is lost;
-    until SIGTERM (see the module doc)."""
+    """Follow until leading, then run kopf while the Lease is held; the exit code (see the
+    module doc)."""
     loop = asyncio.get_running_loop()
-    while True:
-        terminate = asyncio.Event()
-        for number in (signal.SIGTERM, signal.SIGINT):  # kopf puts its own while it runs
-            loop.add_signal_handler(number, terminate.set)
-        acquiring = asyncio.create_task(elector.acquire())
-        terminating = asyncio.create_task(terminate.wait())
-        await asyncio.wait({acquiring, terminating}, return_when=asyncio.FIRST_COMPLETED)
-        terminating.cancel()
-        if not acquiring.done() or terminate.is_set():  # told to stop while following
-            acquiring.cancel()
-            await elector.release()
-            return 0
-        METRICS.leader.set(1)
-        stop = asyncio.Event()
-        # The renewals first: kopf, once started, counts the tasks it finds as not its own.
-        holding = asyncio.create_task(elector.hold())
-        serving = asyncio.create_task(operator(options, stop))
-        await asyncio.wait({holding, serving}, return_when=asyncio.FIRST_COMPLETED)
-        METRICS.leader.set(0)
-        if serving.done():  # kopf stopped: SIGTERM (its own handler), or a failure of its own
-            holding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holding
-            await elector.release()
-            serving.result()
-            return 0
-        # The Lease is lost: stop acting at once.  The stop flag (not a cancellation, after
-        # which kopf would SIGKILL the process ten minutes later) makes kopf stop its daemons
-        # first, which cancel their passes; the finalizers stay, the new leader's now.
-        handlers.RELEASE_FINALIZERS_AT_EXIT = False
-        stop.set()
-        try:
-            await asyncio.wait_for(serving, STOP_SECONDS)
-        except TimeoutError:
-            log.error("kopf did not stop within %g s after the Lease was lost", STOP_SECONDS)
-            return EXIT_LEADERSHIP_LOST  # the container restarts, as a follower
-        finally:
-            handlers.RELEASE_FINALIZERS_AT_EXIT = True
-        log.info("%s: stopped acting; following again", elector.settings.identity)
+    terminate = asyncio.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):  # kopf puts its own while it runs
+        loop.add_signal_handler(number, terminate.set)
+    acquiring = asyncio.create_task(elector.acquire())
+    terminating = asyncio.create_task(terminate.wait())
+    await asyncio.wait({acquiring, terminating}, return_when=asyncio.FIRST_COMPLETED)
+    terminating.cancel()
+    if not acquiring.done() or terminate.is_set():  # told to stop while following
+        acquiring.cancel()
+        await elector.release()
+        return 0
+    METRICS.leader.set(1)
+    stop = asyncio.Event()
+    # The renewals first: kopf, once started, counts the tasks it finds as not its own.
+    holding = asyncio.create_task(elector.hold())
+    serving = asyncio.create_task(operator(options, stop))
+    await asyncio.wait({holding, serving}, return_when=asyncio.FIRST_COMPLETED)
+    METRICS.leader.set(0)
+    if serving.done():  # kopf stopped: SIGTERM (its own handler), or a failure of its own
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+        await elector.release()
+        serving.result()
+        return 0
+    # The Lease is lost: stop acting at once.  The stop flag (not a cancellation, after
+    # which kopf would SIGKILL the process ten minutes later) makes kopf stop its daemons
+    # first, which cancel their passes; the finalizers stay, the new leader's now.  Then
+    # exit, to come back as a follower in a fresh process (client-go's convention: kopf
+    # is not run twice in one process).
+    handlers.RELEASE_FINALIZERS_AT_EXIT = False
+    stop.set()
+    try:
+        await asyncio.wait_for(serving, STOP_SECONDS)
+    except TimeoutError:
+        log.error("kopf did not stop within %g s after the Lease was lost", STOP_SECONDS)
+    log.info("%s: stopped acting; exiting to follow again", elector.settings.identity)
+    return EXIT_LEADERSHIP_LOST
 
 
 async def run(options: argparse.Namespace) -> int:
