@@ -235,7 +235,7 @@ def test_every_refusal_has_one_reason_and_one_status() -> None:
         400: {"InvalidRequest", "InvalidLayer", "InvalidPlacement", "InvalidTransfer"},
         413: {"RequestTooLarge"},
         409: {"OutOfOrder", "NotPrepared", "PlacementMismatch", "NoSource"},
-        503: {"TransferFailed", "EngineBusy", "CommitFailed"},
+        503: {"TransferFailed", "TransferCorrupt", "EngineBusy", "CommitFailed"},
         500: {"CheckpointUnreadable", "RollbackFailed"},
     }
 
