@@ -45,5 +45,9 @@ def test_an_api_server_restart_and_410_gone_are_survived(world: World) -> None:
         "the new placement to be reconciled",
     )
     assert serves(world, target) and world.status(APP)["currentRevision"] == "moe-1"
-    assert world.restarts(world.operator_pod()["metadata"]["name"], "operator") == 0
+    # Never a crash.  An outage longer than the Lease's renew deadline (10 s; the restart
+    # takes longer on a busy machine) makes the leader give up and come back as a candidate,
+    # as client-go's controllers do: one restart, said in the log.
+    restarts = world.restarts(world.operator_pod()["metadata"]["name"], "operator")
+    assert restarts == 0 or (restarts == 1 and "leadership lost" in world.operator_log())
     assert_invariants(world, expected)
