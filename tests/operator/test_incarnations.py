@@ -29,7 +29,9 @@ def test_a_placement_deleted_and_created_again_rolls_out(world: World) -> None:
     api.checked("PATCH", configmap, {"data": {"placement.json": mapping_json(second)}},
                 "application/merge-patch+json")  # fmt: skip
     api.checked("POST", world.xpl, spec(offline={"configMapRef": {"name": "moe-mapping"}}))
-    world.wait(lambda: serves(world, second), 90, "the new incarnation's rollout")
+    # The status is written after the last commit: wait for both.
+    world.wait(lambda: serves(world, second) and "currentRevision" in world.status(), 90,
+               "the new incarnation's rollout")  # fmt: skip
     revision = world.status()["currentRevision"]
     assert revision == "moe-2", revision  # above the 1 the pods served
     assert_invariants(world, expected)
