@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kopf
 import pytest
 from kopf.testing import KopfRunner
 
@@ -20,7 +21,9 @@ def test_kopf_full_lifecycle(
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
     XPL = xpl_path(namespace)
     args = ["run", "--standalone", "--namespace", namespace, "--verbose", str(PROBE)]
-    with KopfRunner(args, timeout=60) as runner:
+    # A registry of its own: the default one holds eplb_operator's handlers whenever an
+    # earlier test imported them, and those would reconcile the probe's placement too.
+    with KopfRunner(args, timeout=60, registry=kopf.OperatorRegistry()) as runner:
         assert api.post(XPL, placement()).code == 201
         eventually(lambda: api.get(f"{XPL}/ds").body.get("status", {}).get("phase") == "Created")
         assert api.get(f"{XPL}/ds").body["metadata"].get("finalizers")  # kopf's own finalizer
