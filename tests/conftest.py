@@ -52,10 +52,15 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKube]:
         yield local
 
 
+def unique_namespace() -> str:
+    """A name no other test's namespace has."""
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture
 def namespace(kube: LocalKube) -> Iterator[str]:
     """A namespace of this test's own, deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = unique_namespace()
     kube.api_checked().checked("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
     yield name
     kube.api_checked().delete(f"/api/v1/namespaces/{name}")

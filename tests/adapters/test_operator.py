@@ -33,10 +33,8 @@ def model_world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[Wor
     architecture: Architecture = "deepseek-v3"
     world = World(kube, namespace, tmp_path, model_config(architecture),
                   transformers=options(architecture))  # fmt: skip
-    try:
-        yield world.start()
-    finally:
-        world.stop()
+    with world.running():
+        yield world
 
 
 def exported_tokens(world: World) -> float:

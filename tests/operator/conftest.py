@@ -5,7 +5,6 @@ apply and check DESIGN.md §5."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from eplb_operator.workloads import zipf_load
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.reference import identity_placement
 from eplb_sidecar.engine.verify import group_errors
+from tests.conftest import unique_namespace
 
 APP = "moe"
 CONFIG = EngineConfig(
@@ -102,10 +102,8 @@ def build_world(
     pods of ``ranks_per_pod`` ranks."""
     world = World(kube, namespace, workdir, CONFIG, groups=replicas,
                   with_prometheus=with_prometheus, ranks_per_pod=ranks_per_pod)  # fmt: skip
-    try:
-        yield world.start()
-    finally:
-        world.stop()
+    with world.running():
+        yield world
 
 
 @pytest.fixture
@@ -120,8 +118,7 @@ def world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
 def module_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One world for a module whose tests leave it as they found it (or only add to it):
     about 30 s of start and stop saved per test."""
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
-    yield from build_world(kube, tmp_path_factory.mktemp("world"), namespace, False)
+    yield from build_world(kube, tmp_path_factory.mktemp("world"), unique_namespace(), False)
 
 
 @pytest.fixture

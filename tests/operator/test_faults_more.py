@@ -21,6 +21,7 @@ from eplb_local.kube.proxy import FaultyApiProxy
 from eplb_local.world import LocalKube, World
 from eplb_local.world.world import OPERATOR_RELEASE
 from eplb_sidecar.launch import free_port
+from tests.conftest import unique_namespace
 
 from .conftest import CONFIG, assert_invariants, mapping_json, serves, spec
 
@@ -29,12 +30,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def shared(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
-    world = World(kube, namespace, tmp_path_factory.mktemp("faults-more"), CONFIG)
-    try:
-        yield world.start(timeout=600)  # a busy machine starts the operator slowly
-    finally:
-        world.stop()
+    world = World(kube, unique_namespace(), tmp_path_factory.mktemp("faults-more"), CONFIG)
+    with world.running(timeout=600):  # a busy machine starts the operator slowly
+        yield world
 
 
 @pytest.fixture

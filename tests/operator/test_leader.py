@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from eplb_local.world import LocalKube, World
 from eplb_local.world.world import OPERATOR_ACCOUNT, OPERATOR_LEASE
+from tests.conftest import unique_namespace
 
 from .conftest import CONFIG, apply_offline, assert_invariants, mapping_json, planned, serves
 
@@ -35,13 +35,10 @@ WRITES = {"create", "update", "patch", "delete"}
 @pytest.fixture(scope="module")
 def world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One world for the module: its tests go on from one another's state."""
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
-    world = World(kube, namespace, tmp_path_factory.mktemp("leader"), CONFIG,
+    world = World(kube, unique_namespace(), tmp_path_factory.mktemp("leader"), CONFIG,
                   operator_values=TWO_REPLICAS)  # fmt: skip
-    try:
-        yield world.start()
-    finally:
-        world.stop()
+    with world.running():
+        yield world
 
 
 def ready_operators(world: World) -> list[str]:

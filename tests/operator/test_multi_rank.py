@@ -6,7 +6,6 @@ between the GPUs of a pod (local copies) and between pods (gloo); DESIGN §5 on 
 from __future__ import annotations
 
 import urllib.request
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eplb_local.world import LocalKube, World
 from eplb_sidecar.engine.reference import identity_placement
+from tests.conftest import unique_namespace
 
 from .conftest import (
     APP,
@@ -33,14 +33,11 @@ RANKS_PER_POD = 2
 
 @pytest.fixture(scope="module")
 def multi_rank_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
     workdir = tmp_path_factory.mktemp("multi-rank")
-    world = World(kube, namespace, workdir, CONFIG, ranks_per_pod=RANKS_PER_POD)
-    try:
-        # Six processes per replica's two pods start on a shared machine: a generous wait.
-        yield world.start(timeout=600)
-    finally:
-        world.stop()
+    world = World(kube, unique_namespace(), workdir, CONFIG, ranks_per_pod=RANKS_PER_POD)
+    # Six processes per replica's two pods start on a shared machine: a generous wait.
+    with world.running(timeout=600):
+        yield world
 
 
 def placement(ranks_per_pod: int) -> dict[str, object]:

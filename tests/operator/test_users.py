@@ -19,11 +19,8 @@ ENGINE_USER = 1000
 
 @pytest.fixture
 def world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
-    world = World(kube, namespace, tmp_path, CONFIG, engine_user=ENGINE_USER)
-    try:
-        yield world.start()
-    finally:
-        world.stop()
+    with World(kube, namespace, tmp_path, CONFIG, engine_user=ENGINE_USER).running() as world:
+        yield world
 
 
 def test_an_engine_of_another_user_shares_its_table_through_the_fsgroup(world: World) -> None:

@@ -52,10 +52,8 @@ def build_world(
         app=APP, engine=engine, kind=kind, ep_size=RANKS, redundant=REDUNDANT, experts=EXPERTS,
         placement_spec=spec,
     )  # fmt: skip
-    try:
-        yield world.start()
-    finally:
-        world.stop()
+    with world.running():
+        yield world
 
 
 class CapacityWatch(threading.Thread):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 
 from eplb_local.standin.world import StandinWorld
 from eplb_local.world import LocalKube
+from tests.conftest import unique_namespace
 
 from .conftest import (
     GROUPS,
@@ -89,8 +89,7 @@ def world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                  "revisionHistoryLimit": 5},
     )  # fmt: skip
     del spec["online"]  # placements from the mapping only: no rebalance between the steps
-    namespace = f"t-{uuid.uuid4().hex[:8]}"
-    yield from build_world(kube, tmp_path_factory.mktemp("control"), namespace, "sglang",
+    yield from build_world(kube, tmp_path_factory.mktemp("control"), unique_namespace(), "sglang",
                            "StatefulSet", spec)  # fmt: skip
 
 

@@ -17,7 +17,7 @@ import shutil
 import signal
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,15 @@ class World:
         return self.kube.plane.network.gateway
 
     # -- lifecycle -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def running(self, timeout: float = 180.0) -> Iterator[World]:
+        """Started for the block, stopped however it ends: a start that fails half-way
+        leaves a namespace and releases to clean up too."""
+        try:
+            yield self.start(timeout)
+        finally:
+            self.stop()
+
     def start(self, timeout: float = 180.0) -> World:
         api = self.kube.api_checked()
         reply = api.post("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
