@@ -134,8 +134,10 @@ class DemoOptions:
             top_k=TOP_K[self.model] if self.model is not None else 2,
             seed=self.seed,
             # A fixed token rate per engine: ranks sharing a busy machine still serve alike.
+            # Ten steps a second: each step's cost hardly depends on its size, and the demo's
+            # engines share the user's machine with the control plane.
             workload=Workload(
-                skew=self.skew, tokens_per_step=128, step_interval=0.02, tokens_per_second=4000
+                skew=self.skew, tokens_per_step=128, step_interval=0.1, tokens_per_second=4000
             ),
         )
 
