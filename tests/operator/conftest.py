@@ -123,6 +123,68 @@ def module_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> I
     yield from build_world(kube, tmp_path_factory.mktemp("world"), unique_namespace(), False)
 
 
+@pytest.fixture(scope="package")
+def package_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One world for the tests of this package that take :func:`reused_world`."""
+    yield from build_world(kube, tmp_path_factory.mktemp("package-world"), unique_namespace(),
+                           with_prometheus=False)  # fmt: skip
+
+
+@pytest.fixture
+def reused_world(package_world: World) -> World:
+    """The package's world as a test of its own finds it: no ExpertPlacement (nor its
+    revisions and mapping), no fault armed, the operator and every pod Ready.  The engines
+    keep serving what the previous test left: tests compare with what they find
+    (:func:`served`, :func:`placement_events`, restart counts before and after)."""
+    world, api = package_world, package_world.kube.api_checked()
+    for pod in world.pods():
+        world.clear(pod)
+    if not world.operator_pods():  # a test ran without an operator
+        world.scale_operator(1)
+    for left in api.get(world.xpl).body.get("items", []):
+        api.delete(f"{world.xpl}/{left['metadata']['name']}")
+    world.wait(lambda: not api.get(world.xpl).body.get("items"), 60, "placements deleted")
+    world.wait(lambda: world.revisions() == [], 60, "the garbage collector")
+    api.delete(f"/api/v1/namespaces/{world.namespace}/configmaps/moe-mapping")
+    world.wait_ready()
+    return world
+
+
+def served(world: World) -> torch.Tensor:
+    """``[L, P]``: the placement the first pod's table routes by (DESIGN §5: all agree)."""
+    return world.tables()[0].routing.clone()
+
+
+def new_target(world: World, seed: int) -> torch.Tensor:
+    """``[L, P]``: a plan for another load, from what the pods serve now, that moves experts."""
+    now = served(world)
+    target = planned(seed, previous=now)
+    assert not torch.equal(target, now)
+    return target
+
+
+def rolled_out(world: World, name: str = APP) -> bool:
+    """This placement's first rollout is done (its status is written after the last commit)."""
+    return "currentRevision" in world.status(name)
+
+
+def served_revision(world: World) -> int:
+    """The newest revision any pod serves a layer of (0: the start-up placement)."""
+    return max(max(world.sidecar_info(pod.name)["revisions"]) for pod in world.pods())
+
+
+def placement_events(world: World, name: str = APP) -> list[str]:
+    """The reasons of the Events about the current ExpertPlacement ``name`` (not about an
+    earlier one of that name: a reused world keeps its namespace's Events)."""
+    uid = world.placement(name)["metadata"]["uid"]
+    return [event.get("reason", "") for event in events_about(world, uid)]
+
+
+def events_about(world: World, uid: str) -> list[dict[str, Any]]:
+    """The Events whose object is the one of ``uid`` (which may be deleted by now)."""
+    return [e for e in world.events() if (e.get("involvedObject") or {}).get("uid") == uid]
+
+
 @pytest.fixture
 def world_with_prometheus(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
     yield from build_world(kube, tmp_path, namespace, with_prometheus=True)

@@ -8,18 +8,22 @@ import pytest
 from eplb_local.kube.audit import requests
 from eplb_local.world import World
 
-from .conftest import APP, apply_offline, assert_invariants, planned, serves, spec
+from .conftest import APP, apply_offline, assert_invariants, new_target, rolled_out, serves, spec
 
 pytestmark = pytest.mark.slow
 ACCOUNT = "eplb-eplb-operator"
 
 
-def test_an_api_server_restart_and_410_gone_are_survived(world: World) -> None:
+def test_an_api_server_restart_and_410_gone_are_survived(reused_world: World) -> None:
+    world = reused_world
     assert world.kube.plane is not None
     expected = world.probe()
-    target = planned(seed=3)
+    target = new_target(world, 3)
     apply_offline(world, target)
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the rollout")
+    world.wait(lambda: rolled_out(world), 90, "the rollout")
+    revision = world.status()["currentRevision"]
+    operator = world.operator_pod()["metadata"]["name"]
+    restarted = world.restarts(operator, "operator")
     username = f"system:serviceaccount:{world.namespace}:{ACCOUNT}"
     audit = world.kube.plane.audit_log
 
@@ -44,10 +48,10 @@ def test_an_api_server_restart_and_410_gone_are_survived(world: World) -> None:
         60,
         "the new placement to be reconciled",
     )
-    assert serves(world, target) and world.status(APP)["currentRevision"] == "moe-1"
+    assert serves(world, target) and world.status(APP)["currentRevision"] == revision
     # Never a crash.  An outage longer than the Lease's renew deadline (10 s; the restart
     # takes longer on a busy machine) makes the leader give up and come back as a candidate,
     # as client-go's controllers do: a restart follows a lost Lease, said in the log.
-    restarts = world.restarts(world.operator_pod()["metadata"]["name"], "operator")
+    restarts = world.restarts(operator, "operator") - restarted
     assert restarts == 0 or "leadership lost" in world.operator_log(), world.operator_log()[-3000:]
     assert_invariants(world, expected)

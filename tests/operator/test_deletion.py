@@ -11,20 +11,32 @@ import pytest
 import torch
 
 from eplb_local.world import World
-from eplb_sidecar.engine.reference import identity_placement
 
-from .conftest import APP, CONFIG, apply_offline, assert_invariants, planned, serves, spec
+from .conftest import (
+    APP,
+    CONFIG,
+    apply_offline,
+    assert_invariants,
+    events_about,
+    new_target,
+    rolled_out,
+    served,
+    served_revision,
+    serves,
+    spec,
+)
 
 pytestmark = pytest.mark.slow
 PREPARE_SECONDS = 4  # every prepare waits that long: the rollout is slow enough to delete
 
 
 def test_deleted_mid_rollout_aborts_everywhere_then_created_again_rolls_out(
-    world: World,
+    reused_world: World,
 ) -> None:
+    world = reused_world
     expected = world.probe()
-    start = identity_placement(CONFIG)
-    target = planned(seed=3)
+    start = served(world)
+    target = new_target(world, 3)
     changed = [
         layer for layer in range(CONFIG.layers) if not torch.equal(target[layer], start[layer])
     ]
@@ -34,6 +46,7 @@ def test_deleted_mid_rollout_aborts_everywhere_then_created_again_rolls_out(
     apply_offline(world, target, rollout={"layersPerStep": 1, "barrierTimeoutSeconds": 20})
     world.wait(lambda: (world.status().get("layersCommitted") or 0) >= 1, 90, "a first batch")
     api = world.kube.api_checked()
+    uid = world.placement()["metadata"]["uid"]
     api.checked("DELETE", f"{world.xpl}/{APP}")
     asked = time.monotonic()
     # The finalizer holds it while the batch being prepared is aborted on every pod.
@@ -51,7 +64,9 @@ def test_deleted_mid_rollout_aborts_everywhere_then_created_again_rolls_out(
     assert sorted(committed + kept) == changed  # each layer: the old placement or the new
     assert committed and kept, (committed, kept)  # stopped mid-rollout
     assert_invariants(world, expected)
-    aborted = [e["message"] for e in world.events() if e.get("reason") == "RolloutAborted"]
+    aborted = [
+        e["message"] for e in events_about(world, uid) if e.get("reason") == "RolloutAborted"
+    ]
     assert any("PlacementDeleted" in m and "aborted on every pod" in m for m in aborted), aborted
     print(f"deleted {took:.1f} s after the request, layers {committed} committed")
 
@@ -59,9 +74,10 @@ def test_deleted_mid_rollout_aborts_everywhere_then_created_again_rolls_out(
     for pod in world.pods():
         world.clear(pod)
     world.wait(lambda: world.revisions() == [], 60, "the garbage collector")
+    serving = served_revision(world)  # the revision of the layers committed before
     api.checked("POST", world.xpl, spec(offline={"configMapRef": {"name": "moe-mapping"}}))
-    # Revision 2: above the 1 the pods serve for the layers committed before the deletion.
-    world.wait(lambda: world.status().get("currentRevision") == "moe-2", 90, "the rollout")
+    world.wait(lambda: rolled_out(world), 90, "the rollout")
+    assert world.status()["currentRevision"] == f"moe-{serving + 1}"  # above what they serve
     assert serves(world, target)
     assert all(world.sidecar_info(pod.name)["staged"] == [] for pod in world.pods())
     assert_invariants(world, expected)

@@ -12,16 +12,17 @@ from aiohttp import web
 
 from eplb_local.world import World
 from eplb_operator.controller import kube
-from eplb_sidecar.engine.reference import identity_placement
 from eplb_sidecar.launch import free_port
 
 from .conftest import (
     APP,
-    CONFIG,
     apply_offline,
     assert_invariants,
-    planned,
+    new_target,
+    placement_events,
     revision_placement,
+    rolled_out,
+    served,
     serves,
     spec,
 )
@@ -30,30 +31,35 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
-    ("fault", "aborts"),
-    [("exit-at-prepare", True), ("exit-after-prepare", False), ("exit-at-commit", False)],
+    ("fault", "aborts", "seed"),
+    [("exit-at-prepare", True, 3), ("exit-after-prepare", False, 5), ("exit-at-commit", False, 7)],
 )
-def test_a_sidecar_killed_during_a_rollout(world: World, fault: str, aborts: bool) -> None:
+def test_a_sidecar_killed_during_a_rollout(
+    reused_world: World, fault: str, aborts: bool, seed: int
+) -> None:
+    world = reused_world
     expected = world.probe()
     victim = world.pod(1)
+    restarts = world.restarts(victim.name, "eplb-sidecar")
     world.inject(victim, fault)  # fires once; the node restarts the container, as a kubelet
-    target = planned(seed=3)
+    target = new_target(world, seed)
     apply_offline(world, target)
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the rollout")
-    assert world.restarts(victim.name, "eplb-sidecar") == 1
+    world.wait(lambda: rolled_out(world), 90, "the rollout")
+    assert world.restarts(victim.name, "eplb-sidecar") == restarts + 1
     assert serves(world, target)
     assert_invariants(world, expected)
-    reasons = [event.get("reason") for event in world.events()]
+    reasons = placement_events(world)
     assert ("RolloutAborted" in reasons) == aborts, reasons
     assert world.condition("Ready")["status"] == "True"
 
 
-def test_a_slow_pod_past_the_barrier_timeout_aborts_everywhere(world: World) -> None:
+def test_a_slow_pod_past_the_barrier_timeout_aborts_everywhere(reused_world: World) -> None:
+    world = reused_world
     expected = world.probe()
     slow = world.pod(2)
     world.inject(slow, "delay-prepare=8")
     before = [table.routing.clone() for table in world.tables()]
-    target = planned(seed=3)
+    target = new_target(world, 11)
     apply_offline(world, target)
     world.wait(lambda: world.condition("Degraded").get("reason") == "BarrierTimeout", 60, "abort")
     assert world.status().get("targetRevision") is None
@@ -61,7 +67,7 @@ def test_a_slow_pod_past_the_barrier_timeout_aborts_everywhere(world: World) -> 
     assert all(torch.equal(t.routing, b) for t, b in zip(world.tables(), before, strict=True))
     assert all(not table_has_staging(world, pod.name) for pod in world.pods())
     world.clear(slow)  # the pod recovers
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the retry")
+    world.wait(lambda: rolled_out(world), 90, "the retry")
     assert serves(world, target)
     assert_invariants(world, expected)
 
@@ -72,8 +78,12 @@ def table_has_staging(world: World, pod: str) -> bool:
     return bool(info["staged"])
 
 
-def test_the_operator_restarted_mid_rollout_resumes_without_replanning(world: World) -> None:
+def test_the_operator_restarted_mid_rollout_resumes_without_replanning(
+    reused_world: World,
+) -> None:
+    world = reused_world
     expected = world.probe()
+    before = served(world)
     for pod in world.pods():  # every prepare takes a while: the rollout is slow
         world.inject(pod, "delay-prepare=1.5")
     body = spec(online={"intervalSeconds": 3600, "windowSeconds": 10})
@@ -81,23 +91,25 @@ def test_the_operator_restarted_mid_rollout_resumes_without_replanning(world: Wo
     time.sleep(2)  # some load to plan from
     world.kube.api_checked().checked("POST", world.xpl, body)
     world.wait(lambda: (world.status().get("layersCommitted") or 0) >= 1, 60, "half a rollout")
-    assert world.status()["targetRevision"] == "moe-1"
+    revision = world.status()["targetRevision"]
     world.kill_operator()  # a crash; the node restarts the container
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 90, "the resumed rollout")
-    assert [r["metadata"]["name"] for r in world.revisions()] == ["moe-1"]
+    world.wait(lambda: world.status().get("currentRevision") == revision, 90, "the resumption")
+    assert [r["metadata"]["name"] for r in world.revisions()] == [revision]  # not replanned
     assert_invariants(world, expected)
     # Progress counts the whole rollout, the layers committed before the restart included.
-    changed = int((revision_placement(world, "moe-1") != identity_placement(CONFIG)).any(1).sum())
+    changed = int((revision_placement(world, revision) != before).any(1).sum())
     status = world.status()
     assert status["layersCommitted"] == status["layersTotal"] == changed
     assert status["lastRebalance"]["layersUpdated"] == changed
 
 
-def test_a_pod_restarted_after_commit_is_resynced(world: World) -> None:
+def test_a_pod_restarted_after_commit_is_resynced(reused_world: World) -> None:
+    world = reused_world
     expected = world.probe()
-    target = planned(seed=3)
+    target = new_target(world, 13)
     apply_offline(world, target)
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "the rollout")
+    world.wait(lambda: rolled_out(world), 60, "the rollout")
+    revision = world.status()["currentRevision"]
     old = world.pod(3)
     # Deleted; its StatefulSet creates it again, and the new engine starts from the
     # start-up placement.
@@ -107,7 +119,7 @@ def test_a_pod_restarted_after_commit_is_resynced(world: World) -> None:
     assert fresh.uid != old.uid
     world.wait(lambda: serves(world, target), 60, "the re-sync")
     assert_invariants(world, expected)
-    assert [r["metadata"]["name"] for r in world.revisions()] == ["moe-1"]
+    assert [r["metadata"]["name"] for r in world.revisions()] == [revision]
 
 
 def test_prometheus_down_slow_or_garbage_is_metrics_unavailable_and_changes_nothing(
@@ -197,8 +209,9 @@ class FaultyPrometheus:
 
 
 def test_a_409_on_the_status_write_is_retried_on_the_fresh_object(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    reused_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    world = reused_world
     monkeypatch.setenv("KUBECONFIG", str(world.kube.kubeconfig))
     expected = world.probe()
     world.scale_operator(0)  # only this test writes

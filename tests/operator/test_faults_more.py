@@ -1,4 +1,4 @@
-"""More faults during rollouts, on one world shared by the module (a world costs ~30 s):
+"""More faults during rollouts, on the world the package shares (a world costs ~30 s):
 the operator killed at prepare and at commit, a pod restarted between two batches, and the
 API server answering 500 to status writes and cutting watches (through a proxy).
 
@@ -18,28 +18,18 @@ import pytest
 import torch
 
 from eplb_local.kube.proxy import FaultyApiProxy
-from eplb_local.world import LocalKube, World
+from eplb_local.world import World
 from eplb_local.world.world import OPERATOR_RELEASE
 from eplb_sidecar.launch import free_port
-from tests.conftest import unique_namespace
 
-from .conftest import CONFIG, assert_invariants, mapping_json, serves, spec
+from .conftest import CONFIG, assert_invariants, mapping_json, served, serves, spec
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def shared(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    world = World(kube, unique_namespace(), tmp_path_factory.mktemp("faults-more"), CONFIG)
-    with world.running(timeout=600):  # a busy machine starts the operator slowly
-        yield world
-
-
 @pytest.fixture
-def world(shared: World) -> Iterator[World]:
-    yield shared
-    for pod in shared.pods():
-        shared.clear(pod)
+def world(reused_world: World) -> World:
+    return reused_world
 
 
 @pytest.fixture
@@ -49,11 +39,6 @@ def name(world: World) -> Iterator[str]:
     yield placement
     world.kube.kubectl("delete", "expertplacements", placement, "-n", world.namespace,
                        "--wait=true", "--timeout=60s")  # fmt: skip
-
-
-def served(world: World) -> torch.Tensor:
-    """``[L, P]`` the group serves now (every test ends with all pods agreeing)."""
-    return world.tables()[0].routing.clone()
 
 
 def shifted(placement: torch.Tensor) -> torch.Tensor:

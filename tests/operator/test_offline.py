@@ -13,7 +13,6 @@ import yaml
 
 from eplb_local.world import LocalKube, World
 from eplb_operator.formats.mappings import PlacementDocument, render
-from eplb_sidecar.engine.reference import identity_placement
 
 from .conftest import (
     APP,
@@ -22,7 +21,12 @@ from .conftest import (
     apply_offline,
     assert_invariants,
     build_world,
+    new_target,
+    placement_events,
     planned,
+    rolled_out,
+    served,
+    served_revision,
     serves,
 )
 
@@ -55,32 +59,38 @@ def kubectl(world: World, *args: str, stdin: str | None = None) -> str:
 
 
 def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
-    world: World, tmp_path: Path
+    reused_world: World,
 ) -> None:
+    world = reused_world
     expected = world.probe()
-    first = planned(seed=3)
+    start, base = served(world), served_revision(world)
+    before = world.tables()[0].revisions.tolist()  # the revision each layer came with
+    first = new_target(world, 3)
     # Applied paused: everything holds until it is unpaused.
     kubectl(world, "apply", "-f", "-", stdin=manifests(first, paused=True))
     world.wait(lambda: world.condition("Progressing").get("reason") == "Paused", 30, "paused")
-    assert world.revisions() == [] and serves(world, identity_placement(CONFIG))
+    assert world.revisions() == [] and serves(world, start)
     kubectl(world, "patch", "xpl", APP, "--type=merge", "-p",
             '{"spec": {"rollout": {"paused": false}}}')  # fmt: skip
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 60, "offline rollout")
+    world.wait(lambda: rolled_out(world), 60, "offline rollout")
+    assert world.status()["currentRevision"] == f"moe-{base + 1}"
     assert serves(world, first)
     assert_invariants(world, expected)
-    assert "moe-1" in kubectl(world, "get", "xpl", APP)
+    assert f"moe-{base + 1}" in kubectl(world, "get", "xpl", APP)
+    moved = [not torch.equal(first[layer], start[layer]) for layer in range(CONFIG.layers)]
+    after_first = [base + 1 if m else b for m, b in zip(moved, before, strict=True)]
 
     # A new commit in Git changes layer 2 only.
     second = first.clone()
     second[2] = planned(seed=9, previous=first)[2]
     assert not torch.equal(second[2], first[2])
     kubectl(world, "apply", "-f", "-", stdin=manifests(second))
-    world.wait(lambda: world.status().get("currentRevision") == "moe-2", 60, "the change")
+    world.wait(lambda: world.status().get("currentRevision") == f"moe-{base + 2}", 60, "the change")
     assert serves(world, second)
     status = world.status()
     assert status["layersTotal"] == 1 and status["lastRebalance"]["layersUpdated"] == 1
     for table in world.tables():  # untouched layers keep the revision they came with
-        assert table.revisions.tolist() == [1, 1, 2, 1]
+        assert table.revisions.tolist() == [*after_first[:2], base + 2, *after_first[3:]]
     assert_invariants(world, expected)
 
     # A broken mapping (expert 0 without a replica) is refused; nothing changes.
@@ -89,15 +99,17 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
     kubectl(world, "apply", "-f", "-", stdin=manifests(broken))
     world.wait(lambda: world.condition("Degraded").get("reason") == "InvalidSpec", 30, "refusal")
     assert "layer 1: logical expert 0 has no replica" in world.condition("Degraded")["message"]
-    assert serves(world, second) and world.status()["currentRevision"] == "moe-2"
+    assert serves(world, second) and world.status()["currentRevision"] == f"moe-{base + 2}"
 
-    # Rolling back: pin revision 1.
-    kubectl(world, "patch", "xpl", APP, "--type=merge", "-p", '{"spec": {"pinnedRevision": 1}}')
+    # Rolling back: pin this placement's first revision.
+    pin = f'{{"spec": {{"pinnedRevision": {base + 1}}}}}'
+    kubectl(world, "patch", "xpl", APP, "--type=merge", "-p", pin)
     world.wait(lambda: serves(world, first), 60, "rollback")
-    # Revision 1's placement as revision 3, as a Deployment's rollback makes a new revision.
-    world.wait(lambda: world.status().get("currentRevision") == "moe-3", 30, "rollback status")
+    # That placement as a new revision, as a Deployment's rollback makes one.
+    rollback = f"moe-{base + 3}"
+    world.wait(lambda: world.status().get("currentRevision") == rollback, 30, "rollback status")
     assert [r["data"]["source"] for r in world.revisions()] == ["offline", "offline", "rollback"]
-    assert "RolledBack" in {event.get("reason") for event in world.events()}
+    assert "RolledBack" in placement_events(world)
     assert world.condition("Ready")["status"] == "True"
     assert_invariants(world, expected)
 

@@ -16,17 +16,17 @@ from eplb_local.kube.audit import requests
 from eplb_local.world import World
 from eplb_local.world.world import OPERATOR_ACCOUNT, SIDECAR_CONTROL_PORT
 
-from .conftest import apply_offline, planned, serves
+from .conftest import apply_offline, new_target, rolled_out, serves
 
 pytestmark = pytest.mark.slow
 SIDECAR_ACCOUNT = "moe-eplb-sidecar"  # the serving release's ServiceAccount (eplb-sidecar.rbac)
 
 
 @pytest.fixture(scope="module")
-def world(module_world: World) -> World:
-    """One world for these tests: only the first rolls out, and the one that takes the
+def world(package_world: World) -> World:
+    """The package's world: only the first test rolls out, and the one that takes the
     sidecars' review binding away puts it back."""
-    return module_world
+    return package_world
 
 
 def info(world: World, token: str | None) -> tuple[int, dict[str, Any]]:
@@ -42,10 +42,13 @@ def info(world: World, token: str | None) -> tuple[int, dict[str, Any]]:
         return error.code, dict(json.loads(error.read()))
 
 
-def test_the_operators_own_token_rolls_out_and_nothing_reads_a_secret(world: World) -> None:
-    target = planned(seed=5)
+def test_the_operators_own_token_rolls_out_and_nothing_reads_a_secret(
+    reused_world: World,
+) -> None:
+    world = reused_world
+    target = new_target(world, 5)
     apply_offline(world, target)
-    world.wait(lambda: world.status().get("currentRevision") == "moe-1", 120, "the rollout")
+    world.wait(lambda: rolled_out(world), 120, "the rollout")
     assert serves(world, target)
     status, body = info(world, world.sidecar_token())
     assert status == 200 and body["pod"] == world.pod(0).name

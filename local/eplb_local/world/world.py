@@ -266,8 +266,11 @@ class World:
         for left in api.get(self.xpl).body.get("items", []):  # no operator ran to finalize it
             name = left["metadata"]["name"]
             api.merge(f"{self.xpl}/{name}", {"metadata": {"finalizers": None}})
+        # No hooks: the operator's pre-delete hook (a Job that stands the operator down so it
+        # takes its finalizers off) has nothing left to do here, and would cost a pod start.
+        # No --wait: the namespace goes next, and with it whatever is still deleting.
         for release in (SERVING_RELEASE, OPERATOR_RELEASE):
-            self.kube.helm("uninstall", release, "--namespace", self.namespace, "--wait")
+            self.kube.helm("uninstall", release, "--namespace", self.namespace, "--no-hooks")
         self.kube.api_checked().delete(f"/api/v1/namespaces/{self.namespace}")
         # The next test gets its own namespace; the node stops these pods all the same.
         with contextlib.suppress(AssertionError):
