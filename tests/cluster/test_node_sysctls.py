@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,23 @@ def test_a_value_the_kernel_refuses_keeps_the_pod_from_starting(
     assert (event["type"], event["reason"]) == ("Warning", "FailedCreatePodSandBox")
     status = api.get(f"{pods}/reversed").body["status"]
     assert status["phase"] == "Pending"
+
+
+def test_pod_security_baseline_admits_the_transfer_range_and_not_an_unsafe_sysctl(
+    api: Api,
+) -> None:
+    """The API server's own Pod Security admission (level baseline, which restricted
+    includes) allows the sysctl the eplb-sidecar chart sets: serving namespaces that enforce
+    it take the transfer range."""
+    namespace = f"pss-{uuid.uuid4().hex[:8]}"
+    labels = {"pod-security.kubernetes.io/enforce": "baseline"}
+    api.checked("POST", "/api/v1/namespaces", {"metadata": {"name": namespace, "labels": labels}})
+    try:
+        pods = f"/api/v1/namespaces/{namespace}/pods?dryRun=All"
+        ranged = pod("ranged", [{"name": "net.ipv4.ip_local_port_range", "value": "29471 29800"}])
+        assert api.post(pods, ranged).code == 201
+        refused = api.post(pods, pod("unsafe", [{"name": "kernel.msgmax", "value": "65536"}]))
+        assert refused.code == 403, refused.body
+        assert "kernel.msgmax" in refused.body["message"], refused.body
+    finally:
+        api.delete(f"/api/v1/namespaces/{namespace}")
