@@ -383,10 +383,17 @@ def test_network_policies_close_only_the_sidecars_ports(groups: list[str]) -> No
     for policy in policies:
         kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
         assert policy["spec"]["podSelector"]["matchLabels"]["eplb.io/sidecar"] == "true"
-    # The engine's serving port, NCCL's and gloo's ports, anything but the sidecar's: open,
-    # as if no policy selected the pod.  Control and transfer: only from whom they serve.
-    assert _open_to_anyone(policies, "TCP") == set(range(1, 65536)) - {9000, 29470}
+    # The engine's serving port, anything but the sidecar's: open, as if no policy selected
+    # the pod.  Control and the transfer ports (the store, then gloo's and NCCL's, the pods'
+    # ephemeral range up to transferPortEnd): only from whom they serve.
+    transfer = set(range(29470, 29801))
+    assert _open_to_anyone(policies, "TCP") == set(range(1, 65536)) - {9000} - transfer
     assert _open_to_anyone(policies, "UDP") == set(range(1, 65536))
+    peers = [rule for policy in policies for rule in policy["spec"]["ingress"]
+             if rule.get("from") and "eplb.io/sidecar" in str(rule["from"])]  # fmt: skip
+    assert peers and all(
+        rule["ports"] == [{"port": 29470, "endPort": 29800, "protocol": "TCP"}] for rule in peers
+    )
     control = [
         rule for policy in policies for rule in policy["spec"]["ingress"]
         if {"port": 9000, "protocol": "TCP"} in rule.get("ports", [])

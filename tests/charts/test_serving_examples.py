@@ -80,6 +80,8 @@ def test_the_serving_example_wires_engine_sidecar_and_operator(chart: Path, engi
         assert volume["configMap"]["name"] == config_map_name(name, 0)
         containers = {c["name"]: c for c in pod["spec"]["containers"]}
         engine_container, sidecar = containers["engine"], containers["eplb-sidecar"]
+        # These sidecars move no weights: the engine keeps the node's ephemeral ports.
+        assert "securityContext" not in pod["spec"]
         args, sidecar_args = engine_container["args"], sidecar["args"]
         env = env_of(engine_container)
         start_up = f"{mount_of(engine_container, VOLUME)}/{key}"

@@ -78,10 +78,15 @@ def test_example_renders_eight_ranks_per_pod_and_the_api_server_accepts_it(
         (engine,) = containers.values()
         assert engine["resources"]["limits"]["nvidia.com/gpu"] == 8
         assert "nvidia.com/gpu" not in str(sidecar.get("resources")), "the sidecar takes no GPU"
+        sysctls = template["spec"]["securityContext"].get("sysctls")
         if variant == "sglang-leaderworkerset":  # hot swap: one sidecar for the 8 tables
             assert "--ranks-per-pod=8" in sidecar["args"]
+            # Peer transfers' ports: the pod's ephemeral range, after the store's port.
+            assert "--transfer-port=29470" in sidecar["args"]
+            assert sysctls == [{"name": "net.ipv4.ip_local_port_range", "value": "29471 29800"}]
         else:  # vLLM exports its own load file and takes placements at start-up
             assert "--source=vllm-stats" in sidecar["args"]
+            assert sysctls is None  # no transfers: vLLM keeps the node's ephemeral ports
             assert any(a.startswith("--eplb-config=") for a in engine["args"])
         # The selector finds the serving pods (it is what the operator lists).
         labels = template["metadata"]["labels"]

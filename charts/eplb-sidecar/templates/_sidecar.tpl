@@ -7,6 +7,9 @@ the subchart's context `$eplb := index .Subcharts "eplb-sidecar"`:
       {{- include "eplb-sidecar.podLabels" (dict "group" "replica-0") | nindent 6 }}
   spec:
     serviceAccountName: {{ include "eplb-sidecar.serviceAccountName" $eplb }}
+    securityContext:
+      fsGroup: 65532  # the sidecar's group: it shares the engine's table files
+      {{- include "eplb-sidecar.podSysctls" $eplb | nindent 6 }}
     containers:
       - name: vllm
         volumeMounts:
@@ -17,6 +20,8 @@ the subchart's context `$eplb := index .Subcharts "eplb-sidecar"`:
 
 and once, in a template of its own: {{ include "eplb-sidecar.rbac" $eplb }} (the pods'
 ServiceAccount and its right to ask the API server about the operator's token).
+eplb-sidecar.podSysctls puts the transfers' ports in a range a NetworkPolicy can allow
+(_ports.tpl).
 
 Ranks are not labels: the ExpertPlacement takes them from the workload (a StatefulSet's
 apps.kubernetes.io/pod-index, or a LeaderWorkerSet's worker index: spec.pods.rankFrom). The
@@ -89,6 +94,7 @@ eplb.io/group: {{ .group | quote }}
 {{- end -}}
 
 {{- define "eplb-sidecar.container" -}}
+{{- include "eplb-sidecar.checkPorts" . }}
 - name: eplb-sidecar
   image: {{ printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}

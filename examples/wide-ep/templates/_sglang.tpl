@@ -13,6 +13,9 @@ spec:
   serviceAccountName: {{ include "eplb-sidecar.serviceAccountName" $eplb }}
   securityContext:
     fsGroup: 65532  # the sidecar's group: the engine's tables and step locks are 0660
+    # Peer transfers' ports in transferPort+1 … transferPortEnd: a NetworkPolicy can allow
+    # them. Pod-wide: SGLang's own ephemeral ports come from there too (values.yaml).
+    {{- include "eplb-sidecar.podSysctls" $eplb | nindent 4 }}
   containers:
     - name: sglang
       image: {{ .root.Values.image }}

@@ -24,8 +24,10 @@ from typing import Any
 
 from eplb_local.kube.api import Api
 from eplb_local.kube.binaries import KUBERNETES_VERSION
+from eplb_local.node.events import record_event
 from eplb_local.node.network import PodNetwork
 from eplb_local.node.runtime import PodRuntime, rfc3339
+from eplb_local.node.sysctls import FORBIDDEN_REASON, forbidden, kernel_version
 
 log = logging.getLogger("eplb-local-node")
 
@@ -51,6 +53,8 @@ class NodeAgent:
         self.network = network
         self.pods: dict[str, PodRuntime] = {}
         self.reported: dict[str, str] = {}  # uid → the status JSON last written
+        self.rejected: set[str] = set()  # uids refused at admission, their Event written
+        self.kernel = kernel_version()
         self.probes = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
         self.lease_renewed = 0.0
         # What every container's environment starts with (the image's ENV would add to it).
@@ -101,6 +105,7 @@ class NodeAgent:
                 continue
             seen.add(meta["uid"])
             self.sync_pod(pod)
+        self.rejected &= seen
         for uid in list(self.pods):
             if uid not in seen:  # force-deleted: nothing to report to, just stop
                 runtime = self.pods.pop(uid)
@@ -116,6 +121,10 @@ class NodeAgent:
                 self.finish_delete(pod)
                 return
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                return
+            refusal = forbidden(pod, self.kernel)
+            if refusal is not None:
+                self.reject(pod, FORBIDDEN_REASON, refusal)
                 return
             runtime = self.admit(pod)
         runtime.pod = pod
@@ -161,6 +170,21 @@ class NodeAgent:
         self.pods[meta["uid"]] = runtime
         log.info("pod %s/%s admitted at %s", meta["namespace"], meta["name"], ip)
         return runtime
+
+    def reject(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        """The kubelet's ``rejectPod``: a Warning Event, and the pod Failed without running
+        (its controller, if any, makes a new one)."""
+        meta = pod["metadata"]
+        if meta["uid"] not in self.rejected:
+            log.warning("pod %s/%s rejected: %s", meta["namespace"], meta["name"], message)
+            record_event(self.api, pod, "Warning", reason, message)
+            self.rejected.add(meta["uid"])
+        status = {"phase": "Failed", "reason": reason, "message": f"Pod was rejected: {message}"}
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        body = {"metadata": {"uid": meta["uid"]}, "status": status}
+        reply = self.api.call("PATCH", path, body, "application/merge-patch+json")
+        if reply.code not in (200, 404):  # not written: the next pass tries again
+            log.warning("status of %s: %s %s", meta["name"], reply.code, reply.body)
 
     def report(self, runtime: PodRuntime) -> None:
         status = runtime.status()

@@ -1,8 +1,9 @@
 """One pod on the local node: its volumes, its containers as processes, its status.
 
-``PodRuntime.tick()`` is the kubelet's pod worker in one step: prepare volumes, run init
-containers in order, start (and restart, with back-off) the app containers, run probes,
-and, once the pod is being deleted, stop everything within its grace period.
+``PodRuntime.tick()`` is the kubelet's pod worker in one step: set the pod's sysctls in its
+network namespace (the sandbox's part), prepare volumes, run init containers in order,
+start (and restart, with back-off) the app containers, run probes, and, once the pod is
+being deleted, stop everything within its grace period.
 ``status()`` is the Pod status the agent writes.
 """
 
@@ -23,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from eplb_local.kube.api import Api
+from eplb_local.node.events import record_event
 from eplb_local.node.images import local_image
 from eplb_local.node.probes import ProbeState, now, probe_once
 from eplb_local.node.spec import ContainerConfigError, ContainerPlan, plan_container
+from eplb_local.node.sysctls import pod_sysctls, write_in_netns
 from eplb_local.node.volumes import PodVolumes, VolumeBuilder, memory_dir
 
 BACKOFF_START = 1.0  # seconds; the kubelet starts at 10 (a test waits for less)
 BACKOFF_MAX = 60.0
+SANDBOX_RETRY_SECONDS = 10.0  # after the kernel refused a sysctl's value
 
 
 def rfc3339(at: datetime.datetime | None = None) -> str:
@@ -104,6 +108,11 @@ class PodRuntime:
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.stop_deadline: float | None = None
         self.pending_probes: list[tuple[Container, ProbeState, Future[bool]]] = []
+        # Admitted sysctls (agent: forbidden ones never get here), set before any container.
+        self.sysctls = pod_sysctls(pod)
+        self.sandbox_ready = not self.sysctls
+        self.sandbox_error = ""
+        self.sandbox_retry_at = 0.0
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -129,6 +138,8 @@ class PodRuntime:
         if self.stop_deadline is not None:
             self._stopping()
             return
+        if not self._sandbox_ready():
+            return
         if not self._plans_ready():
             return
         if self.volumes is not None and now() > self.volumes.refresh_due:
@@ -142,6 +153,29 @@ class PodRuntime:
             if not container.init:
                 self._run(container)
         self._schedule_probes()
+
+    def _sandbox_ready(self) -> bool:
+        """The pod's sysctls written in its network namespace, once, before any container
+        starts (runc sets them on the pod sandbox). A value the kernel refuses leaves the
+        pod waiting (ContainerCreating, a FailedCreatePodSandBox Event), retried later."""
+        if self.sandbox_ready:
+            return True
+        if now() < self.sandbox_retry_at:
+            return False
+        try:
+            write_in_netns(self.netns, self.sysctls)
+        except OSError as error:
+            message = f"Failed to create pod sandbox: {error}"
+            if message != self.sandbox_error:
+                record_event(self.api, self.pod, "Warning", "FailedCreatePodSandBox", message)
+            self.sandbox_error = message
+            self.sandbox_retry_at = now() + SANDBOX_RETRY_SECONDS
+            for container in self.containers:
+                container.waiting = ("ContainerCreating", message)
+            return False
+        self.sandbox_ready = True
+        self.sandbox_error = ""
+        return True
 
     def _plans_ready(self) -> bool:
         try:
@@ -416,7 +450,9 @@ class PodRuntime:
             "podIPs": [{"ip": self.ip}],
             "startTime": self.created,
             "conditions": [
-                condition("PodReadyToStartContainers", self.volumes is not None),
+                condition(
+                    "PodReadyToStartContainers", self.sandbox_ready and self.volumes is not None
+                ),
                 condition("Initialized", initialized),
                 condition("ContainersReady", all_ready),
                 condition("Ready", all_ready),

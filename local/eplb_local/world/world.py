@@ -113,6 +113,8 @@ class World:
     groups: int = 1
     operator: bool = True
     operator_values: dict[str, Any] = field(default_factory=dict)
+    # Merged over the serving chart's values this world sets (reference-moe's).
+    serving_values: dict[str, Any] = field(default_factory=dict)
     app: str = "moe"
     with_prometheus: bool = False
     # A Hugging Face MoE model instead of the reference engine (eplb_sidecar.adapters).
@@ -228,7 +230,8 @@ class World:
                 "readinessProbe": {"periodSeconds": 1},
             },
         }  # fmt: skip
-        self._helm_install(SERVING_RELEASE, chart, _merge(values, self._transformers_values()))
+        chosen = _merge(values, self._transformers_values(), self.serving_values)
+        self._helm_install(SERVING_RELEASE, chart, chosen)
 
     def _transformers_values(self) -> dict[str, Any]:
         if self.transformers is None:
