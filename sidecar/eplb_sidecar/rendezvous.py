@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -121,10 +122,14 @@ class Rendezvous:
         self, host: str, port: int, registration_seconds: float = REGISTRATION_SECONDS
     ) -> None:
         self.registration_seconds = registration_seconds
+        # Given a port, TCPStore listens on every address, whatever host it is told: the
+        # store gets a socket of ours, bound to loopback, instead (kept open as long as it).
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._store_port = int(self._listener.getsockname()[1])
         self._store = TCPStore(
-            "127.0.0.1", 0, is_master=True, wait_for_workers=False, use_libuv=True
-        )
-        self._store_port = int(self._store.port)
+            "127.0.0.1", self._store_port, is_master=True, wait_for_workers=False,
+            master_listen_fd=self._listener.fileno(), use_libuv=True,
+        )  # fmt: skip
         self._keys: OrderedDict[str, bytes] = OrderedDict()  # session → key (loop thread only)
         self._forgotten: OrderedDict[str, None] = OrderedDict()  # denied without waiting
         self._forwarders: dict[str, asyncio.Server] = {}  # session → loopback listener

@@ -148,3 +148,24 @@ def test_a_peer_may_knock_before_the_stores_sidecar_has_the_key() -> None:
         client = joining.result(10)
     client.set("k", b"v")
     assert client.get("k") == b"v"
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp{,6} write them) listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+def test_the_store_listens_on_loopback_only_and_the_gate_where_asked() -> None:
+    """Only the gate faces the network: torch's store, told a port, would listen on every
+    address and let anyone who reaches the pod past the gate."""
+    rendezvous = Rendezvous("0.0.0.0", 0)
+    assert listening_addresses(rendezvous._store_port) == {"0100007F"}  # 127.0.0.1
+    assert listening_addresses(rendezvous.port) == {"00000000"}  # the gate: 0.0.0.0
