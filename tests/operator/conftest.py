@@ -28,6 +28,9 @@ CONFIG = EngineConfig(
     workload=Workload(skew=1.4, tokens_per_step=128, step_interval=0.1, tokens_per_second=4000),
 )  # fmt: skip
 RANK_LABEL = "apps.kubernetes.io/pod-index"  # the StatefulSet ordinal is the EP rank
+# The package world's serving pods' transfer range ends here, not at the chart's default:
+# tests/operator/test_transfer_ports.py checks that what is configured is what applies.
+TRANSFER_PORT_END = 29599
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -116,18 +119,14 @@ def world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
     yield from build_world(kube, tmp_path, namespace, with_prometheus=False)
 
 
-@pytest.fixture(scope="module")
-def module_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """One world for a module whose tests leave it as they found it (or only add to it):
-    about 30 s of start and stop saved per test."""
-    yield from build_world(kube, tmp_path_factory.mktemp("world"), unique_namespace(), False)
-
-
 @pytest.fixture(scope="package")
 def package_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """One world for the tests of this package that take :func:`reused_world`."""
-    yield from build_world(kube, tmp_path_factory.mktemp("package-world"), unique_namespace(),
-                           with_prometheus=False)  # fmt: skip
+    ranged = {"eplb-sidecar": {"transferPortEnd": TRANSFER_PORT_END}}
+    workdir = tmp_path_factory.mktemp("package-world")
+    world = World(kube, unique_namespace(), workdir, CONFIG, serving_values=ranged)
+    with world.running(timeout=600):  # the package's first test may meet a busy machine
+        yield world
 
 
 @pytest.fixture

@@ -12,22 +12,27 @@ import json
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from eplb_local.world import LocalKube, World
-from eplb_sidecar.engine.reference import identity_placement
+from eplb_local.world import World
 
-from .conftest import CONFIG, apply_offline, assert_invariants, serves
+from .conftest import (
+    CONFIG,
+    TRANSFER_PORT_END,
+    apply_offline,
+    assert_invariants,
+    rolled_out,
+    served,
+    serves,
+)
 
 pytestmark = pytest.mark.slow
 
 TRANSFER_PORT = 29470  # the chart's default transferPort
-TRANSFER_PORT_END = 29599  # not the chart's default: what is configured is what applies
 EPHEMERAL = range(TRANSFER_PORT + 1, TRANSFER_PORT_END + 1)
 LISTEN = 0x0A  # TCP_LISTEN in /proc/net/tcp's "st" column
 
@@ -92,26 +97,16 @@ class Sampler:
         self.sample()  # after the rollout: the session's group keeps its connections
 
 
-@pytest.fixture
-def ranged_world(kube: LocalKube, tmp_path: Path, namespace: str) -> Iterator[World]:
-    ranged = {"eplb-sidecar": {"transferPortEnd": TRANSFER_PORT_END}}
-    world = World(kube, namespace, tmp_path, CONFIG, serving_values=ranged)
-    try:
-        yield world.start()
-    finally:
-        world.stop()
-
-
-def across_pods() -> torch.Tensor:
-    """``[L, P]``: every layer's slots moved 1-3 pods on (one rank per pod): every changed
-    slot takes an expert another pod holds."""
-    start, slots = identity_placement(CONFIG), CONFIG.slots_per_rank
+def across_pods(start: torch.Tensor) -> torch.Tensor:
+    """``[L, P]``: every layer's slots of ``start`` moved 1-3 pods on (one rank per pod):
+    every changed slot takes an expert another pod holds."""
+    slots = CONFIG.slots_per_rank
     return torch.stack([start[layer].roll((layer % 3 + 1) * slots)
                         for layer in range(CONFIG.layers)])  # fmt: skip
 
 
-def test_transfers_between_pods_use_only_the_transfer_ports(ranged_world: World) -> None:
-    world = ranged_world
+def test_transfers_between_pods_use_only_the_transfer_ports(reused_world: World) -> None:
+    world = reused_world  # its serving chart sets transferPortEnd: TRANSFER_PORT_END
     pods = world.pods()
     assert len(pods) == CONFIG.ranks  # one rank per pod: every move crosses pods
     api = world.kube.api_checked()
@@ -132,11 +127,11 @@ def test_transfers_between_pods_use_only_the_transfer_ports(ranged_world: World)
     pids = {pod.name: world.container_pid(pod.name, "eplb-sidecar") for pod in pods}
     assert None not in pids.values(), pids
     expected = world.probe()
-    target = across_pods()
+    target = across_pods(served(world))
 
     with Sampler({name: pid for name, pid in pids.items() if pid is not None}) as sampler:
         apply_offline(world, target)
-        world.wait(lambda: world.status().get("currentRevision") == "moe-1", 180, "the rollout")
+        world.wait(lambda: rolled_out(world), 180, "the rollout")
     assert serves(world, target)
     assert_invariants(world, expected)
 
@@ -154,7 +149,7 @@ def test_transfers_between_pods_use_only_the_transfer_ports(ranged_world: World)
     ]  # fmt: skip
     # Every port a pod listens on is one it declares (engine, control, metrics, the store's
     # gate) or one of the range: gloo's listener on the pod's address, the gate's loopback
-    # forwarder, and the store behind the gate (torch's TCPStore binds every address).
+    # forwarder, and the store behind the gate (on loopback).
     stray = [s for s in listening if s.local[1] not in declared[s.pod] | set(EPHEMERAL)]
     assert not stray, stray
     on_pod_address = [s for s in listening if s.local[0] == addresses[s.pod]]
