@@ -52,11 +52,6 @@ def demo_command(
     ] = Path(".eplb-demo"),
 ) -> None:
     """Run an API server, pods, Prometheus and the operator locally; rebalance skewed load."""
-    from eplb_local.demo.scenario import Demo
-    from eplb_local.demo.view import DemoState, DemoView, summary_table
-    from eplb_operator.report.recording import Recording
-    from eplb_operator.report.render import render
-
     try:
         options = DemoOptions(
             pods=pods, layers=layers, experts=experts, redundant=redundant,
@@ -65,6 +60,13 @@ def demo_command(
         )  # fmt: skip
     except InvalidInputError as error:
         _fail(str(error))
+    # Only now: torch, the reference engine and matplotlib take seconds to import, and a bad
+    # flag is answered without them.
+    from eplb_local.demo.scenario import Demo
+    from eplb_local.demo.view import DemoState, DemoView, summary_table
+    from eplb_operator.report.recording import Recording
+    from eplb_operator.report.render import render
+
     console = Console(stderr=json_output)
     per_pod = f" × {ranks_per_pod} ranks" if ranks_per_pod > 1 else ""
     state = DemoState(title=f"{pods} pods{per_pod} · {layers} layers · "

@@ -1,10 +1,6 @@
 """The engine contract: what an engine shares with the sidecar, per MoE layer.
 
-See ``docs/engine-contract.md`` for the protocol an engine adapter implements.
+See ``docs/engine-contract.md`` for the protocol an engine adapter implements: the layout
+(:mod:`.layout`, no torch needed to read or check one), the table (:mod:`.table`) and a
+pod's tables (:mod:`.pod`).
 """
-
-from eplb_core.placements import placement_error
-from eplb_sidecar.contract.layout import TableLayout, WeightSpec
-from eplb_sidecar.contract.table import ExpertTable
-
-__all__ = ["ExpertTable", "TableLayout", "WeightSpec", "placement_error"]

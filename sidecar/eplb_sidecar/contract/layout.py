@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST_NAME = "manifest.json"
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float8_e4m3fn": torch.float8_e4m3fn,
-    "int8": torch.int8,
+# Bytes per element of each dtype a table may hold, by torch's name for it.  Names, not torch
+# dtypes: validating a layout (the demo's flags, the CLI's) need not import torch.
+DTYPE_BYTES: dict[str, int] = {
+    "float32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "float8_e4m3fn": 1,
+    "int8": 1,
 }
+FLOAT_DTYPES = frozenset({"float32", "bfloat16", "float16", "float8_e4m3fn"})
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a name of :data:`DTYPE_BYTES`."""
+    import torch
+
+    dtype = getattr(torch, name)
+    assert isinstance(dtype, torch.dtype) and dtype.itemsize == DTYPE_BYTES[name], name
+    return dtype
 
 
 class WeightSpec(BaseModel):
@@ -29,15 +43,15 @@ class WeightSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_dtype(self) -> WeightSpec:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPE_BYTES)}")
         if any(size <= 0 for size in self.shape):
             raise ValueError(f"shape {self.shape} has a non-positive size")
         return self
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        return torch_dtype(self.dtype)
 
     @property
     def numel(self) -> int:
@@ -48,7 +62,7 @@ class WeightSpec(BaseModel):
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.torch_dtype.itemsize
+        return self.numel * DTYPE_BYTES[self.dtype]
 
 
 class TableLayout(BaseModel):

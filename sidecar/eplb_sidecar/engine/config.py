@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from eplb_sidecar.contract.layout import TableLayout, WeightSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Workload(BaseModel):

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from eplb_sidecar.adapters.transformers.options import ModelShape
-from eplb_sidecar.contract.layout import DTYPES
+from eplb_sidecar.contract.layout import torch_dtype
 from eplb_sidecar.engine.weights import expert_weights
 
 VOCAB = 256
@@ -115,7 +115,7 @@ def build_model(shape: ModelShape, routed_experts: bool = True) -> PreTrainedMod
     engine replaces them with its table's slots and never reads them).
     """
     config = hf_config(shape)
-    dtype = DTYPES[shape.dtype]
+    dtype = torch_dtype(shape.dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(shape.seed)
         model: Any = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]

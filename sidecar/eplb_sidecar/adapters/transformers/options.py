@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from eplb_sidecar.contract.layout import DTYPES, WeightSpec
+from eplb_sidecar.contract.layout import FLOAT_DTYPES, WeightSpec
 from eplb_sidecar.engine.config import EngineConfig
 
 Architecture = Literal["mixtral", "qwen3-moe", "deepseek-v3"]
@@ -35,8 +35,8 @@ class ModelShape(BaseModel):
     def _fits_the_architecture(self) -> ModelShape:
         if self.top_k > self.experts:
             raise ValueError(f"top-k {self.top_k} exceeds the {self.experts} experts")
-        if self.dtype not in DTYPES or not DTYPES[self.dtype].is_floating_point:
-            raise ValueError(f"dtype {self.dtype!r} is not a float dtype of {sorted(DTYPES)}")
+        if self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not a float dtype of {sorted(FLOAT_DTYPES)}")
         if self.hidden % self.head_dim:
             raise ValueError(f"hidden {self.hidden} is not a multiple of head size {self.head_dim}")
         if self.architecture == "deepseek-v3":
