@@ -62,8 +62,8 @@ def roll_out_within_and_across_pods(
         assert [pod.rank for pod in group.pods] == [0, 1]
         tables = [[ExpertTable.attach(d) for d in pod.table_dirs] for pod in group.pods]
         # Each engine published its own rank's table under the pod's table directory.
-        assert [[t.layout.rank for t in pod] for pod in tables] == [[0, 1], [2, 3]]
-        assert [t.layout.device for pod in tables for t in pod] == (
+        assert [[t.layout.rank for t in ts] for ts in tables] == [[0, 1], [2, 3]]
+        assert [t.layout.device for ts in tables for t in ts] == (
             devices or [config.device] * config.ranks
         )
         expected = group.probe()
@@ -102,8 +102,8 @@ def roll_out_within_and_across_pods(
                 for layer, (local, peer) in EXPECTED_MOVES.items()
             }, pod.name
 
-        for pod in tables:
-            for table in pod:
+        for pod_tables in tables:
+            for table in pod_tables:
                 assert torch.equal(table.routing, new), f"rank {table.layout.rank} routes otherwise"
                 assert table.revisions.tolist() == [1] * config.layers
                 assert_slots_hold_their_experts(table, config.seed)
