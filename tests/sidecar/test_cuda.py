@@ -2,8 +2,10 @@
 
 Two pods on one GPU: the sidecars open the engines' tensors through their IPC handles,
 receive peer experts through gloo (staged through host memory) and commit into GPU memory;
-the test process opens the same handles to check every slot.  Skipped without CUDA (CI has
-no GPU); run on the device machine.
+the test process opens the same handles to check every slot.  Then pods of two ranks (two
+engine processes each): moves between the local ranks of a pod are device copies between
+the engines' IPC-mapped tensors.  Skipped without CUDA (CI has no GPU); run on the device
+machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.launch import LocalGroup
 
 from .conftest import assert_slots_hold_their_experts
+from .test_multi_rank_pods import CONFIG as POD_CONFIG
+from .test_multi_rank_pods import roll_out_within_and_across_pods
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -63,3 +67,19 @@ def test_a_rollout_between_gpu_engines_is_exact(tmp_path: Path) -> None:
         assert torch.equal(group.probe(), expected)
     finally:
         group.stop()
+
+
+def test_pods_of_two_gpu_ranks_move_experts_by_device_copies_and_between_pods(
+    tmp_path: Path,
+) -> None:
+    """test_multi_rank_pods's rollout with GPU engines, rank ``r`` on ``cuda:(r mod GPUs)``:
+    all on cuda:0 with one GPU; with two, local rank ``k`` on ``cuda:k`` as in a real pod
+    (copies within a pod go between GPUs; experts from the other pod arrive over gloo in
+    host memory, are staged on the pod's first GPU and copied to the second at commit);
+    with four, a GPU per rank."""
+    config = POD_CONFIG.model_copy(
+        update={"dtype": "bfloat16", "device": "cuda", "hidden": 64, "intermediate": 32}
+    )
+    gpus = torch.cuda.device_count()
+    devices = [f"cuda:{rank % gpus}" for rank in range(config.ranks)]
+    roll_out_within_and_across_pods(config, tmp_path, devices)
