@@ -154,12 +154,16 @@ def served(world: World) -> torch.Tensor:
     return world.tables()[0].routing.clone()
 
 
-def new_target(world: World, seed: int) -> torch.Tensor:
-    """``[L, P]``: a plan for another load, from what the pods serve now, that moves experts."""
+def new_target(world: World, seed: int, layers: int = 1) -> torch.Tensor:
+    """``[L, P]``: a plan for another load, from what the pods serve now, that changes at
+    least ``layers`` layers.  The load of ``seed`` first, then of seed + 1000, + 2000, …: an
+    earlier test of the shared world may have rolled out the plan of the same load."""
     now = served(world)
-    target = planned(seed, previous=now)
-    assert not torch.equal(target, now)
-    return target
+    for attempt in range(20):
+        target = planned(seed + 1000 * attempt, previous=now)
+        if int((target != now).any(1).sum()) >= layers:
+            return target
+    raise AssertionError(f"no load from seed {seed} on changes {layers} layers")
 
 
 def rolled_out(world: World, name: str = APP) -> bool:

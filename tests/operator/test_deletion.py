@@ -36,7 +36,7 @@ def test_deleted_mid_rollout_aborts_everywhere_then_created_again_rolls_out(
     world = reused_world
     expected = world.probe()
     start = served(world)
-    target = new_target(world, 3)
+    target = new_target(world, 17, layers=3)
     changed = [
         layer for layer in range(CONFIG.layers) if not torch.equal(target[layer], start[layer])
     ]

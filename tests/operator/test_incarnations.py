@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def test_a_placement_deleted_and_created_again_rolls_out(reused_world: World) -> None:
     world = reused_world
     expected = world.probe()
-    first = new_target(world, 3)
+    first = new_target(world, 19)
     apply_offline(world, first)
     world.wait(lambda: rolled_out(world), 90, "the first rollout")
     api = world.kube.api_checked()

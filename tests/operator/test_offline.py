@@ -65,7 +65,7 @@ def test_a_mapping_from_git_is_rolled_out_exactly_then_changed_then_rolled_back(
     expected = world.probe()
     start, base = served(world), served_revision(world)
     before = world.tables()[0].revisions.tolist()  # the revision each layer came with
-    first = new_target(world, 3)
+    first = new_target(world, 23)
     # Applied paused: everything holds until it is unpaused.
     kubectl(world, "apply", "-f", "-", stdin=manifests(first, paused=True))
     world.wait(lambda: world.condition("Progressing").get("reason") == "Paused", 30, "paused")
