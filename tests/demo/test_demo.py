@@ -47,7 +47,17 @@ def assert_rebalanced_safely(summary: dict[str, Any]) -> None:
 # mid-rollout, resumed by its successor).  The operator's handling of all five is asserted on
 # the same World in tests/operator/test_faults.py; a demo run costs two minutes of CI's 20.
 def test_demo_survives_the_operator_restarted_mid_rollout(tmp_path: Path) -> None:
-    summary = run_demo(tmp_path / "demo", "--no-shift", "--fault", "restart-operator-mid-rollout")
+    """In pods of two ranks (``--ranks-per-pod``): two engines and one sidecar a pod, ranks
+    from the StatefulSet ordinal, experts moving between a pod's ranks and between pods."""
+    workdir = tmp_path / "demo"
+    summary = run_demo(workdir, "--pods", "2", "--ranks-per-pod", "2", "--no-shift",
+                       "--fault", "restart-operator-mid-rollout")  # fmt: skip
+    pods = sorted((workdir / "cluster" / "node" / "pods").glob("eplb-demo_moe-0-*"))
+    assert len(pods) == 2, pods
+    for pod in pods:
+        logs = {log.name for log in (pod / "logs").iterdir()}
+        assert logs == {"engine-0.log", "engine-1.log", "eplb-sidecar.log"}, logs
+    assert json.loads((workdir / "recording.json").read_text())["ranks"] == 4
     assert_rebalanced_safely(summary)
     result = summary["fault"]
     assert result["name"] == "restart-operator-mid-rollout" and result["injected"], result
