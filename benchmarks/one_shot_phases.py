@@ -24,12 +24,11 @@ def main() -> None:
 
     marks["import numpy + numba"] = time.perf_counter() - started
     started = time.perf_counter()
-    from eplb_core.formats.document import PlacementDocument
     from eplb_core.formats.stats import read_stats
     from eplb_operator.cli import main as _cli  # noqa: F401
     from eplb_operator.cli import plan as _plan_command  # noqa: F401
     from eplb_operator.formats.expertplacement import check_api_limits
-    from eplb_operator.formats.mappings import render
+    from eplb_operator.formats.mappings import document_on, render
     from eplb_operator.placement import Topology, plan
     from eplb_operator.placement.rebalance import warm_up
 
@@ -46,16 +45,8 @@ def main() -> None:
     marks["read stats + plan"] = time.perf_counter() - started
     marks["of which plan() compute"] = result.compute_seconds
     started = time.perf_counter()
-    doc = PlacementDocument(
-        result.placement,
-        stats.layer_ids,
-        stats.model,
-        topology.num_experts,
-        topology.num_ranks,
-        topology.slots_per_rank,
-        topology.num_groups,
-        topology.num_nodes,
-        hidden_layers=stats.hidden_layers,
+    doc = document_on(
+        result.placement, stats.layer_ids, stats.model, topology, hidden_layers=stats.hidden_layers
     )
     check_api_limits(doc)
     render(doc, "expertplacement", "one-shot")

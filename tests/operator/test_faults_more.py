@@ -22,7 +22,16 @@ from eplb_local.world import World
 from eplb_local.world.world import OPERATOR_RELEASE
 from eplb_sidecar.launch import free_port
 
-from .conftest import CONFIG, assert_invariants, mapping_json, served, serves, spec
+from .conftest import (
+    CONFIG,
+    assert_invariants,
+    mapping_json,
+    placement_events,
+    rolled_out,
+    served,
+    serves,
+    spec,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,27 +79,15 @@ def revision_names(world: World, name: str) -> list[str]:
     ]
 
 
-def rolled_out(world: World, name: str, target: torch.Tensor, timeout: float = 300) -> str:
-    """Wait until ``name``'s status says a revision is in service and the pods serve
-    ``target``; that revision's name."""
-    world.wait(
-        lambda: world.status(name).get("currentRevision") is not None and serves(world, target),
-        timeout,
-        f"{name} to be rolled out",
-    )
+def wait_rolled_out(world: World, name: str, target: torch.Tensor, timeout: float = 300) -> str:
+    """Wait until ``name`` is rolled out and the pods serve ``target``; its revision."""
+    world.wait(lambda: rolled_out(world, name) and serves(world, target), timeout,
+               f"{name} to be rolled out")  # fmt: skip
     return str(world.status(name)["currentRevision"])
 
 
 def staged_pods(world: World) -> list[str]:
     return [pod.name for pod in world.pods() if world.sidecar_info(pod.name)["staged"]]
-
-
-def reasons(world: World, name: str) -> list[str]:
-    return [
-        str(event.get("reason"))
-        for event in world.events()
-        if event.get("involvedObject", {}).get("name") == name
-    ]
 
 
 def test_the_operator_killed_at_prepare_leaves_staging_the_next_one_drops_and_resumes(
@@ -110,7 +107,7 @@ def test_the_operator_killed_at_prepare_leaves_staging_the_next_one_drops_and_re
     for pod in world.pods():
         world.clear(pod)
     # The restarted operator drops the staging and rolls the same revision out again.
-    assert rolled_out(world, name, target) == planned
+    assert wait_rolled_out(world, name, target) == planned
     assert revision_names(world, name) == [planned]
     assert staged_pods(world) == []
     assert_invariants(world, expected)
@@ -133,10 +130,10 @@ def test_the_operator_killed_at_commit_finds_the_commits_landed_and_finishes(
     for pod in world.pods():
         world.clear(pod)
     # The restarted operator finds the target in service and records it.
-    assert rolled_out(world, name, target) == planned
+    assert wait_rolled_out(world, name, target) == planned
     assert revision_names(world, name) == [planned]
     assert staged_pods(world) == []
-    assert "RolloutAborted" not in reasons(world, name)
+    assert "RolloutAborted" not in placement_events(world, name)
     assert_invariants(world, expected)
 
 
@@ -161,7 +158,7 @@ def test_a_pod_restarted_between_batches_is_resynced_and_the_rollout_completes(
     world.wait_ready()
     # It starts from its start-up placement; the next pass re-syncs it from its checkpoint
     # (batch 1's layers alone, batch 2's with its group) and the rollout completes.
-    revision = rolled_out(world, name, target)
+    revision = wait_rolled_out(world, name, target)
     assert revision_names(world, name) == [revision]
     status = world.status(name)
     assert status["layersTotal"] == CONFIG.layers
@@ -199,11 +196,11 @@ def test_500s_on_status_writes_and_cut_watches_are_survived(world: World, name: 
                        "the operator to watch through the proxy")  # fmt: skip
             proxy.fail_status_writes(3)
             apply(world, name, target)
-            revision = rolled_out(world, name, target)
+            revision = wait_rolled_out(world, name, target)
             assert proxy.counts.failed_status_writes == 3
             # Said as a Warning Event (and the Degraded condition when a write got through),
             # retried with back-off; the passes that failed made no second revision.
-            assert "ApiUnavailable" in reasons(world, name), reasons(world, name)
+            assert "ApiUnavailable" in placement_events(world, name), placement_events(world, name)
             assert revision_names(world, name) == [revision]
             assert world.condition("Ready", name)["status"] == "True"
             assert_invariants(world, expected)

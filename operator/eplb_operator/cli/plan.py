@@ -200,7 +200,7 @@ def _plan(request: PlanRequest) -> tuple[Plan[npt.NDArray[Any]], PlacementDocume
     from eplb_core.formats.layers import LayerRequest
     from eplb_core.formats.stats import ReadOptions, StepWindow, read_stats
     from eplb_operator.formats.expertplacement import check_api_limits
-    from eplb_operator.formats.mappings import PlacementDocument, read_placement
+    from eplb_operator.formats.mappings import document_on, read_placement
     from eplb_operator.placement import PlanOptions, Topology, plan
     from eplb_operator.placement.rebalance import warm_up
 
@@ -226,19 +226,10 @@ def _plan(request: PlanRequest) -> tuple[Plan[npt.NDArray[Any]], PlacementDocume
             stats.num_experts, request.ranks, request.slots_per_rank, request.nodes, groups
         )
     previous = _previous_rows(recorded, stats, topology, layer_ids) if recorded else None
-    doc = PlacementDocument(
-        np.zeros((len(layer_ids), topology.num_slots), dtype=np.int64),
-        layer_ids,
-        stats.model,
-        topology.num_experts,
-        topology.num_ranks,
-        topology.slots_per_rank,
-        topology.num_groups,
-        topology.num_nodes,
-        hidden_layers=hidden,
-        windows=stats.windows,
-        steps=stats.steps,
-    )
+    doc = document_on(
+        np.zeros((len(layer_ids), topology.num_slots), dtype=np.int64), layer_ids, stats.model,
+        topology, hidden_layers=hidden, windows=stats.windows, steps=stats.steps,
+    )  # fmt: skip
     check_api_limits(doc)  # before the work: sizes an ExpertPlacement could not hold
     settings = PlanOptions(
         mode=request.mode,  # type: ignore[arg-type]

@@ -99,6 +99,17 @@ def _from_documents(documents: list[Any]) -> PlacementDocument:
     )
 
 
+def document_on(
+    phy2log: Any, layer_ids: list[int], model: str | None, topology: Topology, **context: Any
+) -> PlacementDocument:
+    """``phy2log`` ``[L, P]`` as a document that carries ``topology``'s shape (and
+    ``context``: hidden_layers, windows, steps…)."""
+    return PlacementDocument(
+        phy2log, layer_ids, model, topology.num_experts, topology.num_ranks,
+        topology.slots_per_rank, topology.num_groups, topology.num_nodes, **context,
+    )  # fmt: skip
+
+
 def topology_matches(doc: PlacementDocument, topology: Topology) -> None:
     """Raise InvalidInputError if ``doc`` was written for another shape than ``topology``."""
     problems = []
