@@ -33,6 +33,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -55,6 +56,7 @@ from eplb_operator.controller.rollout import (
     pending_layers,
     pod_states,
 )
+from eplb_operator.controller.sessions import TransferSessions
 from eplb_operator.placement import PlanOptions, Topology, plan
 from eplb_sidecar.api import CommitRequest, Info, PrepareRequest
 from eplb_sidecar.client import SidecarClient, SidecarError
@@ -99,6 +101,7 @@ class Soak:
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0))
     violations: list[str] = field(default_factory=list)
     moves: int = 0
+    sessions: int = 0  # transfer sessions (process groups) started
     seconds: float = 0.0
     usage_start: dict[str, Usage] = field(default_factory=dict)
     usage_end: dict[str, Usage] = field(default_factory=dict)
@@ -156,6 +159,9 @@ class Driver:
             group.set_workload(shift=shift)
             self.expected[shift] = group.probe()
         self.shift = 0
+        # Kept across rebalances as the operator keeps them per placement (sessions.py).
+        self.sessions = TransferSessions()
+        self.sessions_before = 0  # started by the sessions of earlier "operator" processes
         self.verbose = bool(os.environ.get("EPLB_SOAK_VERBOSE"))
 
     def clients(self) -> dict[str, SidecarClient]:
@@ -207,7 +213,8 @@ class Driver:
             highest = max(max(info.revisions, default=0) for info in states.values())
             clients = self.clients()
             rollout = Rollout(local_endpoints(self.group), clients, highest + 1, target,
-                              self.options, pod_alive=self.alive)  # fmt: skip
+                              self.options, pod_alive=self.alive,
+                              sessions=self.sessions)  # fmt: skip
             task = asyncio.ensure_future(self.resync_then(rollout, states, clients))
             try:
                 if fault is not None and attempt == 1:
@@ -268,6 +275,8 @@ class Driver:
             self.group.kill(victim, "engine")
         else:  # operator: the pass dies with whatever it had in flight
             task.cancel()
+            self.sessions_before += self.sessions.started
+            self.sessions = TransferSessions()  # a new operator remembers no session
 
     async def recover(self) -> None:
         """What the node does for dead containers: sidecars started again on their ports,
@@ -339,14 +348,17 @@ async def soak(group: LocalGroup, rebalances: int, kill_every: int, seed: int,
                   f"{len(result.violations)} violations, {time.monotonic() - started:.0f} s",
                   flush=True)  # fmt: skip
     result.seconds = time.monotonic() - started
+    result.sessions = driver.sessions_before + driver.sessions.started
     result.usage_end = usage(group)
     return result
 
 
 def run(rebalances: int, kill_every: int, seed: int = 0, window_seconds: int = 1,
         log: bool = False, max_minutes: float = 600.0) -> Soak:  # fmt: skip
-    """A whole soak on a fresh local group."""
-    with tempfile.TemporaryDirectory() as workdir:
+    """A whole soak on a fresh local group.  Its directory (the processes' logs) is removed
+    afterwards unless the soak failed."""
+    workdir = tempfile.mkdtemp(prefix="eplb-soak-")
+    try:
         config = soak_config()
         # A pod created again fetches what no peer holds from the model's checkpoint.
         checkpoint = Path(workdir) / "checkpoint"
@@ -354,11 +366,16 @@ def run(rebalances: int, kill_every: int, seed: int = 0, window_seconds: int = 1
         group = LocalGroup(config, Path(workdir) / "pods", checkpoint=checkpoint)
         group.start(START_TIMEOUT)
         try:
-            return asyncio.run(
+            result = asyncio.run(
                 soak(group, rebalances, kill_every, seed, window_seconds, log, max_minutes)
             )
         finally:
             group.stop()
+    except BaseException:
+        print(f"soak failed: its processes' logs are kept in {workdir}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
 
 
 def report(result: Soak, command: str) -> str:
@@ -379,7 +396,9 @@ def report(result: Soak, command: str) -> str:
         "A group of 4 reference engines (4 layers, 12 experts in 16 slots) serving tokens the "
         "whole time; each rebalance shifts the skew, measures the window from the sidecars' "
         "metrics, plans from what is served and rolls out through the operator's rollout code "
-        "with real peer transfers. DESIGN.md §5 is checked on every pod after every rollout.",
+        "with real peer transfers. DESIGN.md §5 is checked on every pod after every rollout. "
+        "Transfer sessions are kept across rollouts as the operator keeps them; each fault "
+        "starts a new one.",
         "",
         table(
             [
@@ -387,6 +406,7 @@ def report(result: Soak, command: str) -> str:
                 "faults injected",
                 "retried rollouts",
                 "slots moved",
+                "transfer sessions",
                 "violations",
                 "minutes",
             ],
@@ -396,6 +416,7 @@ def report(result: Soak, command: str) -> str:
                     faults,
                     str(result.rollouts_retried),
                     str(result.moves),
+                    str(result.sessions),
                     str(len(result.violations)),
                     f"{result.seconds / 60:.1f}",
                 ]

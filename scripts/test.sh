@@ -12,4 +12,6 @@ mypy
 echo "== import contracts (.importlinter)"
 lint-imports
 echo "== pytest"
-python -m pytest "$@"
+# Two workers, each with its own local cluster: one alone leaves a core idle half the time
+# (waits on pods, rollouts and processes starting). tests/scheduling.py says how they share.
+python -m pytest -n "${EPLB_TEST_WORKERS:-2}" "$@"

@@ -14,6 +14,9 @@ from hypothesis import settings
 if TYPE_CHECKING:
     from eplb_local.world import LocalKube
 
+# How pytest-xdist's workers share the suite.
+pytest_plugins = ["tests.scheduling"]
+
 # CI runs the same examples every time, so a red build is reproducible; locally hypothesis
 # explores new ones on each run.
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)

@@ -45,9 +45,9 @@ class TransferGroup(BaseModel):
     a broken group is never reused.  ``store`` is ``host:port`` of the rendezvous store,
     served by the sidecar of the lowest participating rank on its transfer port.  Only
     peers that prove they hold the session's key get through to the store (see
-    :mod:`eplb_sidecar.rendezvous`); the key derives from ``secret``, which the operator
-    makes per session and hands out only over this authenticated API, or, while an operator
-    sends none, from the control API's bearer token.
+    :mod:`eplb_sidecar.rendezvous`); the key derives from the session and ``secret``, which
+    the operator makes per placement (and operator process) and hands out only over this
+    authenticated API, or, while an operator sends none, from the control API's bearer token.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -191,6 +191,11 @@ class Info(BaseModel):
         default=None, description="[L, P] phy2log, with ?placement=true."
     )
     checkpoint: bool = Field(description="Whether experts can be re-read from a checkpoint.")
+    incarnation: str = Field(
+        default="",
+        max_length=64,
+        description="Changes each time the sidecar starts: a transfer group it held is gone.",
+    )
 
 
 def largest_request_bytes(layers: int, num_slots: int, experts: int, ranks: int) -> int:

@@ -11,9 +11,10 @@ loopback, and the transfer port is a gate in front of it.  A connection is splic
 to the store only after a mutual challenge-response proves that the peer holds the
 session's key: an HMAC-SHA256 over fresh nonces of both sides, so a recorded handshake
 cannot be replayed, and a listener posing as the store (a peer's address taken over) cannot
-answer it.  The key derives from a secret the operator makes per session and hands out
-only over the authenticated control API (or, while an operator sends none, from the
-control API's bearer token, which only the operator and the sidecars hold).
+answer it.  The key derives from the session's name and a secret the operator makes per
+placement (and operator process) and hands out only over the authenticated control API
+(or, while an operator sends none, from the control API's bearer token, which only the
+operator and the sidecars hold).
 
 Not covered: the bulk transfer itself (gloo's and NCCL's own sockets, whose addresses only
 peers that passed the gate learn), anything inside the pod (loopback is shared by its

@@ -13,6 +13,7 @@ server knows their HTTP statuses.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,6 +127,7 @@ class ShuffleExecutor:
         self.checkpoint = checkpoint
         self.tamper: Callable[[torch.Tensor], torch.Tensor] = tamper or (lambda payload: payload)
         self.staged: dict[int, StagedLayer] = {}
+        self.incarnation = secrets.token_hex(8)  # Info.incarnation
         layout = self.tables.layout
         nccl = peers is not None and peers.backend == "nccl"
         self._transfer_device = torch.device(layout.device if nccl else "cpu")
@@ -160,6 +162,7 @@ class ShuffleExecutor:
             staged=[StagedInfo(revision=r, layers=ls) for r, ls in sorted(by_revision.items())],
             placement=self.tables.routing.tolist() if with_placement else None,
             checkpoint=self.checkpoint is not None,
+            incarnation=self.incarnation,
         )
 
     # -- prepare -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from eplb_operator.controller.rollout import (
     RolloutFinished,
     RolloutOptions,
 )
+from eplb_operator.controller.sessions import TransferSessions
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.launch import LocalGroup
@@ -120,4 +121,64 @@ async def test_run_follows_the_whole_stream(
     report = await rollout.run()
     assert [batch.layers for batch in report.batches] == [[0, 1, 2], [3]]
     assert report.layers_committed == 4
+    assert all(placement == target.tolist() for placement, _ in await served(clients))
+
+
+async def test_later_rollouts_reuse_the_transfer_session_until_a_sidecar_restarts(
+    group: LocalGroup, clients: dict[str, SidecarClient]
+) -> None:
+    """The placement's sessions (kept by the operator across its rollouts) name the group
+    the sidecars built for the first rollout, so a later rollout builds none; a sidecar that
+    started again lost that group, so the next rollout names a new session rather than
+    waiting at the barrier for a group that is gone."""
+    sessions, groups = TransferSessions(), local_endpoints(group)
+    for seed in (7, 8):
+        revision, target = await fresh_target(clients, seed)
+        report = await Rollout(groups, clients, revision, target, OPTIONS, pod_alive=always,
+                               sessions=sessions).run()  # fmt: skip
+        assert sum(b.bytes_peer for b in report.batches) > 0  # experts crossed pods
+        assert all(placement == target.tolist() for placement, _ in await served(clients))
+        assert sessions.started == 1  # the second rollout reused the first one's group
+
+    restarted = group.pods[0]  # the store's host: its peer still holds the old group
+    group.kill(restarted, "sidecar")
+    group.start_sidecar(restarted)
+    group.wait_ready()
+    revision, target = await fresh_target(clients, seed=9)
+    quick = RolloutOptions(layers_per_step=2, barrier_timeout=OPTIONS.barrier_timeout,
+                           progress_deadline=30)  # fmt: skip
+    report = await Rollout(groups, clients, revision, target, quick, pod_alive=always,
+                           sessions=sessions).run()  # fmt: skip
+    assert report.moves > 0 and sessions.started == 2
+    assert all(placement == target.tolist() for placement, _ in await served(clients))
+
+
+async def test_a_rollout_cancelled_mid_batch_never_reuses_its_session(
+    group: LocalGroup, clients: dict[str, SidecarClient]
+) -> None:
+    """An operator that dies inside a batch may leave the group's members at different
+    points of its collective sequence: the next rollout starts a new session.  One paused
+    between batches (every pod finished every batch) keeps it."""
+    sessions, groups = TransferSessions(), local_endpoints(group)
+    revision, target = await fresh_target(clients, seed=11)
+    first = Rollout(groups, clients, revision, target, OPTIONS, pod_alive=always,
+                    sessions=sessions)  # fmt: skip
+    async with contextlib.aclosing(first.events()) as events:
+        assert isinstance(await anext(events), BatchCommitted)  # then paused
+    paused = Rollout(groups, clients, revision, target, OPTIONS, pod_alive=always,
+                     resumed_total=4, sessions=sessions)  # fmt: skip
+    events = paused.events()
+    assert isinstance(await anext(events), BatchCommitted)
+    assert sessions.started == 1
+    step = asyncio.ensure_future(anext(events))
+    for _ in range(3):  # into the next batch's requests
+        await asyncio.sleep(0)
+    step.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await step
+    assert step.cancelled()
+    resumed = Rollout(groups, clients, revision, target, OPTIONS, pod_alive=always,
+                      resumed_total=4, sessions=sessions)  # fmt: skip
+    assert (await resumed.run()).layers_committed == 4
+    assert sessions.started == 2
     assert all(placement == target.tolist() for placement, _ in await served(clients))

@@ -10,6 +10,7 @@ What a PVC-backed ``operator.compileCache`` does for a cluster, done up front.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -26,14 +27,18 @@ def warm_compile_cache(timeout: float = 600.0) -> None:
     replaces index files when it adds a kernel; the cache directory is sticky)."""
     cache = compile_cache()
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
-    subprocess.run(
-        [sys.executable, "-m", "eplb_local.world.warm"], env=env, timeout=timeout, check=True,
-        capture_output=True,
-    )  # fmt: skip
-    if os.geteuid() == 0:
-        for path in [cache, *cache.rglob("*")]:
-            if path != cache:
-                os.chown(path, OPERATOR_UID, OPERATOR_UID)
+    # One at a time: test workers (pytest-xdist) each warm the cache as their cluster starts,
+    # and the second then only loads what the first compiled.
+    with open(cache / ".warming.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(
+            [sys.executable, "-m", "eplb_local.world.warm"], env=env, timeout=timeout,
+            check=True, capture_output=True,
+        )  # fmt: skip
+        if os.geteuid() == 0:
+            for path in [cache, *cache.rglob("*")]:
+                if path != cache:
+                    os.chown(path, OPERATOR_UID, OPERATOR_UID)
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ from eplb_operator.controller.rollout import (
     RolloutReport,
     pod_states,
 )
+from eplb_operator.controller.sessions import TransferSessions
 from eplb_operator.formats.mappings import parse_placement
 from eplb_operator.placement import PlanOptions, plan
 from eplb_sidecar.api import AbortRequest
@@ -98,6 +99,8 @@ class PlacementMemo:
     stop_reason: str | None = None
     rolling_out: bool = False  # inside Rollout.run: to be stopped by stop_reason, not cancelled
     current_pass: asyncio.Task[Any] | None = None  # the daemon's pass under way
+    # The EP groups' transfer sessions, kept across rollouts while they succeed (sessions.py).
+    transfer: TransferSessions = field(default_factory=TransferSessions)
 
 
 class Reconciler:
@@ -394,6 +397,7 @@ class Reconciler:
             pod_alive=self._pod_alive,
             resumed_total=resumed_total,
             stop=lambda: self.memo.stop_reason,
+            sessions=self.memo.transfer,
         )
         started = time.monotonic()
         progress = {} if resumed_total else {"layersCommitted": 0}  # a resumed one keeps its own

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eplb_operator.controller.endpoints import PodEndpoint
+from eplb_operator.controller.sessions import Members, TransferSessions
 from eplb_sidecar.api import (
     AbortRequest,
     CommitRequest,
@@ -162,12 +162,14 @@ class Rollout:
         pod_alive: Callable[[PodEndpoint], Awaitable[bool]],
         resumed_total: int = 0,
         stop: Callable[[], str | None] = lambda: None,
+        sessions: TransferSessions | None = None,
     ) -> None:
         """``pod_alive``: whether a pod whose commit failed still exists (else it is dropped
         and re-synced when it returns); ``resumed_total``: the layers this rollout had in all
         when it was interrupted (from the status), 0 for a new rollout; ``stop``: a reason once
         the rollout must stop (raised as :class:`RolloutAbortedError` with that reason), else
-        None."""
+        None; ``sessions``: the placement's transfer sessions, kept across its rollouts (a
+        new set, used by this rollout only, when None)."""
         self.groups = groups
         self.resumed_total = resumed_total
         self.clients = clients
@@ -177,11 +179,8 @@ class Rollout:
         self.options = options
         self.pod_alive = pod_alive
         self.stop = stop
-        self.nonce = secrets.token_hex(4)  # a fresh transfer session per rollout attempt
-        # The key peers prove to each other at the transfer gate (sidecar rendezvous): it
-        # reaches them only over the authenticated control API, one per rollout.
-        self.secret = secrets.token_urlsafe(32)
-        self.sessions: dict[str, int] = {}  # EP group → session generation
+        self.sessions = sessions if sessions is not None else TransferSessions()
+        self._states_now: dict[str, Info] = {}  # the pods as the current batch found them
 
     async def events(self) -> AsyncGenerator[RolloutEvent, None]:
         """Roll out batch by batch, yielding progress (raises :class:`RolloutAbortedError`).
@@ -189,6 +188,19 @@ class Rollout:
         The next batch starts only when the caller asks for the next event; close the
         iterator (``contextlib.aclosing``) to stop between batches.
         """
+        try:
+            async with contextlib.aclosing(self._batches()) as batches:
+                async for event in batches:
+                    yield event
+        except GeneratorExit:  # closed between batches: every pod finished every batch
+            raise
+        except BaseException:
+            # A batch that failed or was cancelled may leave the members of a group at
+            # different points of its collective sequence.
+            self.sessions.discard_all()
+            raise
+
+    async def _batches(self) -> AsyncGenerator[RolloutEvent, None]:
         started = time.monotonic()
         states = await self._states()
         await self._drop_stale_staging(states)
@@ -201,6 +213,7 @@ class Rollout:
             stopping = self.stop()
             if stopping is not None:  # nothing is staged between batches
                 raise RolloutAbortedError(stopping, f"stopped before layers {batch}", [])
+            self._states_now = states
             work = self._plan_batch(batch, states)
             batch_report = await self._run_batch(batch, work, report, started)
             report.batches.append(batch_report)
@@ -281,17 +294,13 @@ class Rollout:
         if share.with_group:
             members = self.groups[share.pod.group]
             transfer = TransferGroup(
-                # One process group per rollout and EP group, reused by every batch: every
-                # pod of a group takes part in each batch that changes the group (all pods
-                # hold the whole routing table), and a failed batch ends the rollout.  A
-                # pod that restarted lost the group: its group then starts a new session.
-                session=(
-                    f"{self.nonce}-r{self.revision}-g{share.pod.group}"
-                    f"-s{self.sessions.get(share.pod.group, 0)}"
-                ),
+                # One process group per EP group, reused by every batch and by later
+                # rollouts (sessions.py): every pod of a group takes part in each batch that
+                # changes the group (all pods hold the whole routing table).
+                session=self.sessions.session(share.pod.group, self._members(members)),
                 store=members[min(members)].store,
                 ranks=sorted(members),
-                secret=self.secret,
+                secret=self.sessions.secret,
             )
             results.append(
                 await client.prepare(
@@ -338,8 +347,7 @@ class Rollout:
             failed = [s for s, o in zip(pending, outcomes, strict=True) if o is not True]
             pending = []
             for share in failed:
-                group = share.pod.group
-                self.sessions[group] = self.sessions.get(group, 0) + 1
+                self.sessions.discard(share.pod.group)
                 if not await self.pod_alive(share.pod):
                     report.dropped_pods.append(share.pod.name)  # re-synced when it returns
                     continue
@@ -379,6 +387,16 @@ class Rollout:
         return True
 
     # -- pod state -------------------------------------------------------------------------
+    def _members(self, members: dict[int, PodEndpoint]) -> Members:
+        """What a kept transfer group of ``members`` must still match (sessions.py)."""
+        return (
+            tuple(
+                (rank, pod.uid, pod.store, self._states_now[pod.name].incarnation)
+                for rank, pod in sorted(members.items())
+            ),
+            self.options.barrier_timeout,
+        )
+
     async def _states(self) -> dict[str, Info]:
         try:
             return await pod_states(self.groups, self.clients)
