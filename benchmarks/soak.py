@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
-from eplb_operator.controller.loads import ScrapeSource
+from eplb_operator.controller.loads import MetricsUnavailableError, ScrapeSource
 from eplb_operator.controller.reconcile import most_common_rows
 from eplb_operator.controller.rollout import (
     Rollout,
@@ -102,6 +102,7 @@ class Soak:
     violations: list[str] = field(default_factory=list)
     moves: int = 0
     sessions: int = 0  # transfer sessions (process groups) started
+    scrape_retries: int = 0  # load windows read again after a scrape failed
     seconds: float = 0.0
     usage_start: dict[str, Usage] = field(default_factory=dict)
     usage_end: dict[str, Usage] = field(default_factory=dict)
@@ -162,6 +163,7 @@ class Driver:
         # Kept across rebalances as the operator keeps them per placement (sessions.py).
         self.sessions = TransferSessions()
         self.sessions_before = 0  # started by the sessions of earlier "operator" processes
+        self.scrape_retries = 0  # windows read again after a scrape failed
         self.verbose = bool(os.environ.get("EPLB_SOAK_VERBOSE"))
 
     def clients(self) -> dict[str, SidecarClient]:
@@ -189,9 +191,20 @@ class Driver:
         self.group.set_workload(shift=self.shift)
         await asyncio.sleep(self.window_seconds / 2)  # part of the window is the new skew
         urls = {pod.name: pod.metrics_url for pod in self.group.pods}
-        window = await self.scrape.window(
-            urls, self.window_seconds, self.config.layers, self.config.experts
-        )
+        for attempt in range(1, RETRIES + 1):
+            try:
+                window = await self.scrape.window(
+                    urls, self.window_seconds, self.config.layers, self.config.experts
+                )
+                break
+            except MetricsUnavailableError as error:
+                # The operator reports it (Degraded) and tries again on its next pass: a
+                # scrape can time out on a machine busy with other work.
+                self.scrape_retries += 1
+                self.log(f"window attempt {attempt}: {error}")
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(1.0)
         served = await self.served()
         planned = await asyncio.to_thread(
             plan, window.load, self.topology, served, None, PlanOptions(slack=0.0)
@@ -349,6 +362,7 @@ async def soak(group: LocalGroup, rebalances: int, kill_every: int, seed: int,
                   flush=True)  # fmt: skip
     result.seconds = time.monotonic() - started
     result.sessions = driver.sessions_before + driver.sessions.started
+    result.scrape_retries = driver.scrape_retries
     result.usage_end = usage(group)
     return result
 
@@ -407,6 +421,7 @@ def report(result: Soak, command: str) -> str:
                 "retried rollouts",
                 "slots moved",
                 "transfer sessions",
+                "windows read again",
                 "violations",
                 "minutes",
             ],
@@ -417,6 +432,7 @@ def report(result: Soak, command: str) -> str:
                     str(result.rollouts_retried),
                     str(result.moves),
                     str(result.sessions),
+                    str(result.scrape_retries),
                     str(len(result.violations)),
                     f"{result.seconds / 60:.1f}",
                 ]
