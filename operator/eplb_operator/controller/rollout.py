@@ -125,6 +125,7 @@ class _PodWork:
     pod: PodEndpoint
     with_group: dict[int, list[int]] = field(default_factory=dict)
     alone: dict[int, list[int]] = field(default_factory=dict)
+    session: str = ""  # the transfer session of its group's layers (sessions.py)
 
     @property
     def layers(self) -> list[int]:
@@ -159,6 +160,17 @@ def carried_forward(
             return None
         placement[layer] = rows[layer]
     return now.model_copy(update={"placement": placement})
+
+
+def _members(members: dict[int, PodEndpoint], states: dict[str, Info], timeout: float) -> Members:
+    """What a kept transfer group of ``members`` must still match (sessions.py)."""
+    return (
+        tuple(
+            (rank, pod.uid, pod.store, states[pod.name].incarnation)
+            for rank, pod in sorted(members.items())
+        ),
+        timeout,
+    )
 
 
 def pending_layers(states: dict[str, Info], target: torch.Tensor) -> list[int]:
@@ -203,7 +215,6 @@ class Rollout:
         self.pod_alive = pod_alive
         self.stop = stop
         self.sessions = sessions if sessions is not None else TransferSessions()
-        self._states_now: dict[str, Info] = {}  # the pods as the current batch found them
 
     async def events(self) -> AsyncGenerator[RolloutEvent, None]:
         """Roll out batch by batch, yielding progress (raises :class:`RolloutAbortedError`).
@@ -236,7 +247,6 @@ class Rollout:
             stopping = self.stop()
             if stopping is not None:  # nothing is staged between batches
                 raise RolloutAbortedError(stopping, f"stopped before layers {batch}", [])
-            self._states_now = states
             work = self._plan_batch(batch, states)
             batch_report = await self._run_batch(batch, work, report, started)
             report.batches.append(batch_report)
@@ -257,7 +267,7 @@ class Rollout:
     # -- planning a batch ------------------------------------------------------------------
     def _plan_batch(self, batch: list[int], states: dict[str, Info]) -> list[_PodWork]:
         work: dict[str, _PodWork] = {}  # by pod name: a lookup per (layer, pod), not a scan
-        for members in self.groups.values():
+        for group, members in self.groups.items():
             for layer in batch:
                 target = self.rows[layer]
                 rows = {
@@ -269,6 +279,12 @@ class Rollout:
                         continue
                     share = work.setdefault(pod.name, _PodWork(pod))
                     (share.with_group if agree else share.alone)[layer] = target
+            shares = [work[pod.name] for pod in members.values() if pod.name in work]
+            together = [share for share in shares if share.with_group]
+            if together:  # one session for the group's transfers in this batch
+                key = _members(members, states, self.options.barrier_timeout)
+                for share in together:
+                    share.session = self.sessions.session(group, key)
         return list(work.values())
 
     # -- one batch -------------------------------------------------------------------------
@@ -320,7 +336,7 @@ class Rollout:
                 # One process group per EP group, reused by every batch and by later
                 # rollouts (sessions.py): every pod of a group takes part in each batch that
                 # changes the group (all pods hold the whole routing table).
-                session=self.sessions.session(share.pod.group, self._members(members)),
+                session=share.session,
                 store=members[min(members)].store,
                 ranks=sorted(members),
                 secret=self.sessions.secret,
@@ -410,19 +426,9 @@ class Rollout:
         return True
 
     # -- pod state -------------------------------------------------------------------------
-    def _members(self, members: dict[int, PodEndpoint]) -> Members:
-        """What a kept transfer group of ``members`` must still match (sessions.py)."""
-        return (
-            tuple(
-                (rank, pod.uid, pod.store, self._states_now[pod.name].incarnation)
-                for rank, pod in sorted(members.items())
-            ),
-            self.options.barrier_timeout,
-        )
-
-    async def _states(self) -> dict[str, Info]:
+    async def _states(self, placement: bool = True) -> dict[str, Info]:
         try:
-            return await pod_states(self.groups, self.clients)
+            return await pod_states(self.groups, self.clients, placement)
         except SidecarError as error:
             raise RolloutAbortedError(
                 "PodsNotReady", f"{error.url}: {error.problem.message}", []
@@ -433,12 +439,7 @@ class Rollout:
         ``before`` when their revisions show what changed (:func:`carried_forward`), else
         read again.  Reading every pod's whole ``[L, P]`` placement between batches cost
         more than the batch's own requests at 32 pods."""
-        try:
-            brief = await pod_states(self.groups, self.clients, placement=False)
-        except SidecarError as error:
-            raise RolloutAbortedError(
-                "PodsNotReady", f"{error.url}: {error.problem.message}", []
-            ) from error
+        brief = await self._states(placement=False)
         carried = {
             name: carried_forward(before[name], info, batch, self.revision, self.rows)
             for name, info in brief.items()
