@@ -25,7 +25,9 @@ from eplb_operator.controller.rollout import (
 )
 from eplb_operator.controller.sessions import TransferSessions
 from eplb_sidecar.client import SidecarClient
+from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
+from eplb_sidecar.engine.verify import group_errors
 from eplb_sidecar.launch import LocalGroup
 
 from ..sidecar.test_executor import rebalanced
@@ -124,6 +126,17 @@ async def test_run_follows_the_whole_stream(
     assert all(placement == target.tolist() for placement, _ in await served(clients))
 
 
+def invariant_errors(group: LocalGroup) -> list[str]:
+    """DESIGN.md §5 on the pods' tables: one placement, every expert replicated, every slot
+    exactly its expert's weights (these sidecars serve no engine, so no model outputs)."""
+    tables = [ExpertTable.attach(pod.table_dir) for pod in group.pods]
+    try:
+        return group_errors(tables, CONFIG.seed)
+    finally:
+        for table in tables:
+            table.close()
+
+
 async def test_later_rollouts_reuse_the_transfer_session_until_a_sidecar_restarts(
     group: LocalGroup, clients: dict[str, SidecarClient]
 ) -> None:
@@ -139,6 +152,7 @@ async def test_later_rollouts_reuse_the_transfer_session_until_a_sidecar_restart
         assert sum(b.bytes_peer for b in report.batches) > 0  # experts crossed pods
         assert all(placement == target.tolist() for placement, _ in await served(clients))
         assert sessions.started == 1  # the second rollout reused the first one's group
+        assert not invariant_errors(group)
 
     restarted = group.pods[0]  # the store's host: its peer still holds the old group
     group.kill(restarted, "sidecar")
@@ -151,6 +165,7 @@ async def test_later_rollouts_reuse_the_transfer_session_until_a_sidecar_restart
                            sessions=sessions).run()  # fmt: skip
     assert report.moves > 0 and sessions.started == 2
     assert all(placement == target.tolist() for placement, _ in await served(clients))
+    assert not invariant_errors(group)
 
 
 async def test_a_rollout_cancelled_mid_batch_never_reuses_its_session(
@@ -182,3 +197,4 @@ async def test_a_rollout_cancelled_mid_batch_never_reuses_its_session(
     assert (await resumed.run()).layers_committed == 4
     assert sessions.started == 2
     assert all(placement == target.tolist() for placement, _ in await served(clients))
+    assert not invariant_errors(group)
