@@ -123,6 +123,18 @@ def test_spec_gives_the_policy_its_topology() -> None:
     assert (sandbox.num_experts, sandbox.num_ranks, sandbox.slots_per_rank) == (16, 4, 5)
 
 
+# A Restart rollout of SGLang engines (its workloadRef varies by case).
+RESTART: dict[str, Any] = {"engine": "sglang", "rollout__strategy": "Restart"}
+
+
+def test_a_leaderworkerset_is_a_restart_workload() -> None:
+    obj = with_spec(**RESTART, pods__rankFrom="LeaderWorkerSet",
+                    workloadRef={"kind": "LeaderWorkerSet", "name": "moe"})  # fmt: skip
+    assert validate(SCHEMA, obj) == []
+    ref = v1alpha1.ExpertPlacement.model_validate(obj).spec.workload_ref
+    assert ref is not None and (ref.kind, ref.name_of("moe-0")) == ("LeaderWorkerSet", "moe")
+
+
 def test_defaults_are_filled_in() -> None:
     assert validate(SCHEMA, VALID) == []
     model = v1alpha1.ExpertPlacement.model_validate(VALID)
@@ -151,6 +163,26 @@ def test_defaults_are_filled_in() -> None:
         ),
         ({"online": None}, "set offline, online, or both"),
         ({"pods__ranksPerPod": 6}, "pods.ranksPerPod must divide topology.ranks"),
+        (
+            {**RESTART, "workloadRef": {"kind": "LeaderWorkerSet", "name": "moe"}},
+            "workloadRef kind LeaderWorkerSet needs pods.rankFrom LeaderWorkerSet",
+        ),
+        (
+            {
+                **RESTART,
+                "pods__rankFrom": "LeaderWorkerSet",
+                "workloadRef": {"kind": "LeaderWorkerSet", "name": "moe-{group}"},
+            },
+            "a LeaderWorkerSet holds every EP group",
+        ),
+        (
+            {
+                **RESTART,
+                "pods__rankFrom": "LeaderWorkerSet",
+                "workloadRef": {"kind": "LeaderWorkerSet", "name": "moe", "apiVersion": "apps/v1"},
+            },
+            "apiVersion is apps/v1 for a StatefulSet or Deployment, leaderworkerset.x-k8s.io/v1",
+        ),
     ],
 )
 def test_cross_field_rules_reject_with_their_message(changes: dict[str, Any], message: str) -> None:

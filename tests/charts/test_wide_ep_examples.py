@@ -1,8 +1,7 @@
 """examples/wide-ep: the copyable serving manifests with 8 GPUs per pod (vLLM on a
 StatefulSet, SGLang-style on a LeaderWorkerSet), rendered with the real helm, the sidecar
 from the eplb-sidecar chart's templates, and accepted by the real API server (server-side
-dry-run). The LeaderWorkerSet CRD is not installed here: its pod templates are dry-run as
-PodTemplates, the rest of it is checked by shape."""
+dry-run), the LeaderWorkerSet by its CRD and the LWS controller's admission webhooks."""
 
 from __future__ import annotations
 
@@ -103,18 +102,13 @@ def test_example_renders_eight_ranks_per_pod_and_the_api_server_accepts_it(
         (lws,) = workload
         assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"
         assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
-        others = [d for d in docs if d["kind"] != "LeaderWorkerSet"]
-        as_templates = [
-            {"apiVersion": "v1", "kind": "PodTemplate",
-             "metadata": {"name": f"lws-{role}"}, "template": template}
-            for role, template in zip(("leader", "worker"), templates, strict=True)
-        ]  # fmt: skip
-        dry_run(kube, namespace, others + as_templates)
+        dry_run(kube, namespace, docs)
 
 
 def test_leaderworkerset_pods_as_the_controller_labels_them_form_groups(tmp_path: Path) -> None:
-    """What the operator makes of the pods the LeaderWorkerSet controller would create from
-    this example: two groups of two pods, pod i hosting ranks 8i … 8i+7."""
+    """What the operator makes of the pods the LeaderWorkerSet controller creates from this
+    example (as it names and labels them; tests/operator/test_multi_rank.py runs the
+    controller): two groups of two pods, pod i hosting ranks 8i … 8i+7."""
     docs = render(tmp_path, "sglang-leaderworkerset", "serving")
     (placement,) = [d for d in docs if d["kind"] == "ExpertPlacement"]
     spec = v1alpha1.ExpertPlacementSpec.model_validate(placement["spec"])

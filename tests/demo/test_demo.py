@@ -47,13 +47,17 @@ def assert_rebalanced_safely(summary: dict[str, Any]) -> None:
 # mid-rollout, resumed by its successor).  The operator's handling of all five is asserted on
 # the same World in tests/operator/test_faults.py; a demo run costs two minutes of CI's 20.
 def test_demo_survives_the_operator_restarted_mid_rollout(tmp_path: Path) -> None:
-    """In pods of two ranks (``--ranks-per-pod``): two engines and one sidecar a pod, ranks
-    from the StatefulSet ordinal, experts moving between a pod's ranks and between pods."""
+    """In pods of two ranks (``--ranks-per-pod``) of a LeaderWorkerSet group
+    (``--workload``): two engines and one sidecar a pod, ranks from the worker index the LWS
+    controller labels each pod with, experts moving between a pod's ranks and between pods.
+    (tests/operator/test_multi_rank.py runs the StatefulSet shape.)"""
     workdir = tmp_path / "demo"
     summary = run_demo(workdir, "--pods", "2", "--ranks-per-pod", "2", "--no-shift",
+                       "--workload", "LeaderWorkerSet",
                        "--fault", "restart-operator-mid-rollout")  # fmt: skip
-    pods = sorted((workdir / "cluster" / "node" / "pods").glob("eplb-demo_moe-0-*"))
-    assert len(pods) == 2, pods
+    # The group's leader moe-0 and its worker moe-0-1, as the LWS controller names them.
+    pods = sorted((workdir / "cluster" / "node" / "pods").glob("eplb-demo_moe-0*"))
+    assert [pod.name.split("_")[1] for pod in pods] == ["moe-0", "moe-0-1"], pods
     for pod in pods:
         logs = {log.name for log in (pod / "logs").iterdir()}
         assert logs == {"engine-0.log", "engine-1.log", "eplb-sidecar.log"}, logs
@@ -74,6 +78,10 @@ def test_bad_flags_are_one_line_and_start_nothing(tmp_path: Path) -> None:
         (["--ranks-per-pod", "0"], "--ranks-per-pod must be 1..8"),
         (["--duration", "5"], "--duration must be 10..600"),
         (["--fault", "prometheus-down", "--prometheus", "off"], "needs the real Prometheus"),
+        (
+            ["--workload", "LeaderWorkerSet", "--engine", "transformers", "--model", "mixtral"],
+            "--workload LeaderWorkerSet runs the reference engine only",
+        ),
     ]
     for flags, message in cases:
         workdir = tmp_path / "w"

@@ -1,12 +1,15 @@
-"""Pods of several EP ranks, ranks taken from the workload: a StatefulSet of 2 pods x 2
-ranks (rankFrom StatefulSetOrdinal, ranksPerPod 2), one sidecar per pod for both of its
-engines, a placement rolled out by the operator on the real API server with experts moving
-between the GPUs of a pod (local copies) and between pods (gloo); DESIGN §5 on every rank."""
+"""Pods of several EP ranks, ranks taken from the workload: 2 pods x 2 ranks (ranksPerPod 2)
+made by a StatefulSet (rankFrom StatefulSetOrdinal) or by a LeaderWorkerSet group (rankFrom
+LeaderWorkerSet: the real LWS controller makes the pods and labels them with their group and
+worker index), one sidecar per pod for both of its engines, a placement rolled out by the
+operator on the real API server with experts moving between the GPUs of a pod (local copies)
+and between pods (gloo); DESIGN §5 on every rank."""
 
 from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,19 +34,30 @@ pytestmark = pytest.mark.slow
 RANKS_PER_POD = 2
 
 
-@pytest.fixture(scope="module")
-def multi_rank_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    workdir = tmp_path_factory.mktemp("multi-rank")
-    world = World(kube, unique_namespace(), workdir, CONFIG, ranks_per_pod=RANKS_PER_POD)
+def start(kube: LocalKube, workdir: Path, workload: str) -> Iterator[World]:
+    world = World(kube, unique_namespace(), workdir, CONFIG, ranks_per_pod=RANKS_PER_POD,
+                  workload=workload)  # fmt: skip
     # Six processes per replica's two pods start on a shared machine: a generous wait.
     with world.running(timeout=600):
         yield world
 
 
-def placement(ranks_per_pod: int) -> dict[str, object]:
+@pytest.fixture(scope="module")
+def multi_rank_world(kube: LocalKube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield from start(kube, tmp_path_factory.mktemp("multi-rank"), "StatefulSet")
+
+
+@pytest.fixture(scope="module")
+def leader_worker_world(
+    kube: LocalKube, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    yield from start(kube, tmp_path_factory.mktemp("multi-rank-lws"), "LeaderWorkerSet")
+
+
+def placement(ranks_per_pod: int, rank_from: str) -> dict[str, object]:
     body = spec(offline={"configMapRef": {"name": "moe-mapping"}})
     body["spec"]["pods"].pop("rankLabel", None)
-    body["spec"]["pods"].update({"rankFrom": "StatefulSetOrdinal", "ranksPerPod": ranks_per_pod})
+    body["spec"]["pods"].update({"rankFrom": rank_from, "ranksPerPod": ranks_per_pod})
     return body
 
 
@@ -67,9 +81,35 @@ def shuffle_bytes(world: World, pod_ip: str) -> dict[str, float]:
 def test_statefulset_pods_of_two_ranks_are_rolled_out_on_every_rank(
     multi_rank_world: World,
 ) -> None:
-    world = multi_rank_world
-    pods = world.pods()
+    pods = multi_rank_world.pods()
     assert [p.name for p in pods] == [f"{APP}-0-0", f"{APP}-0-1"]  # 4 ranks in 2 pods
+    rolled_out_on_every_rank(multi_rank_world, "StatefulSetOrdinal")
+
+
+def test_leaderworkerset_pods_of_two_ranks_are_rolled_out_on_every_rank(
+    leader_worker_world: World,
+) -> None:
+    """The group's leader ``moe-0`` (worker index 0) and its worker ``moe-0-1``, as the LWS
+    controller names and labels them: the same rollout, ranks read off its labels."""
+    world = leader_worker_world
+    pods = world.pods()
+    assert [p.name for p in pods] == [f"{APP}-0", f"{APP}-0-1"]
+    api = world.kube.api_checked()
+    lws = api.checked("GET", f"/apis/leaderworkerset.x-k8s.io/v1/namespaces/{world.namespace}"
+                             f"/leaderworkersets/{APP}")  # fmt: skip
+    for pod in pods:
+        found = api.checked("GET", f"/api/v1/namespaces/{world.namespace}/pods/{pod.name}")
+        labels = found["metadata"]["labels"]
+        # Set by the LWS pod webhook, not by our chart: the pod template has neither label.
+        assert labels["leaderworkerset.sigs.k8s.io/name"] == APP
+        assert labels["leaderworkerset.sigs.k8s.io/worker-index"] == str(pod.rank)
+    template = lws["spec"]["leaderWorkerTemplate"]["workerTemplate"]["metadata"]["labels"]
+    assert "leaderworkerset.sigs.k8s.io/worker-index" not in template
+    rolled_out_on_every_rank(world, "LeaderWorkerSet")
+
+
+def rolled_out_on_every_rank(world: World, rank_from: str) -> None:
+    pods = world.pods()
     assert len(world.tables()) == CONFIG.ranks
     expected = world.probe()
     api = world.kube.api_checked()
@@ -80,7 +120,7 @@ def test_statefulset_pods_of_two_ranks_are_rolled_out_on_every_rank(
 
     # Told one rank per pod, the operator finds half the ranks: a condition and an Event,
     # nothing rolled out.
-    api.checked("POST", world.xpl, placement(ranks_per_pod=1))
+    api.checked("POST", world.xpl, placement(ranks_per_pod=1, rank_from=rank_from))
     world.wait(lambda: world.condition("Degraded").get("reason") == "PodsInconsistent", 120,
                "PodsInconsistent")  # fmt: skip
     message = world.condition("Degraded")["message"]
@@ -89,7 +129,8 @@ def test_statefulset_pods_of_two_ranks_are_rolled_out_on_every_rank(
                for e in world.events())  # fmt: skip
     assert world.revisions() == []
 
-    # The right shape: the StatefulSet is the group, the ordinal the pod's index.
+    # The right shape: the StatefulSet (the LWS group) is the group, the ordinal (the worker
+    # index) the pod's index.
     api.checked("PATCH", f"{world.xpl}/{APP}",
                 {"spec": {"pods": {"ranksPerPod": RANKS_PER_POD}}},
                 content_type="application/merge-patch+json")  # fmt: skip
@@ -127,7 +168,7 @@ def test_statefulset_pods_of_two_ranks_are_rolled_out_on_every_rank(
     columns = {name: row[start:end].strip()
                for name, start, end in zip(names, starts, ends, strict=True)}  # fmt: skip
     assert columns["PER-POD"] == str(RANKS_PER_POD), done.stdout
-    assert columns["RANK-FROM"] == "StatefulSetOrdinal", done.stdout
+    assert columns["RANK-FROM"] == rank_from, done.stdout
 
 
 def test_skewed_load_on_pods_of_two_ranks_is_rebalanced_online(multi_rank_world: World) -> None:

@@ -44,7 +44,7 @@ def build_world(
     kube: LocalKube, workdir: Path, namespace: str, engine: str, kind: str,
     spec: dict[str, Any], with_prometheus: bool = False,
 ) -> Iterator[StandinWorld]:  # fmt: skip
-    pods = RANKS if kind == "StatefulSet" else 1  # a pod a rank, or one holding them all
+    pods = 1 if kind == "Deployment" else RANKS  # a pod a rank, or one holding them all
     config = EngineConfig(ranks=pods, layers=len(LAYER_IDS), experts=EXPERTS,
                           slots_per_rank=(EXPERTS + REDUNDANT) // pods)  # fmt: skip
     world = StandinWorld(

@@ -11,5 +11,7 @@ from eplb_local.kube.audit import Access
 RESTART_ACCESSES = {
     Access("apps", "statefulsets", "get"), Access("apps", "statefulsets", "patch"),
     Access("apps", "deployments", "get"), Access("apps", "deployments", "patch"),
+    Access("leaderworkerset.x-k8s.io", "leaderworkersets", "get"),
+    Access("leaderworkerset.x-k8s.io", "leaderworkersets", "patch"),
     Access("", "configmaps", "create"), Access("", "configmaps", "delete"),
 }  # fmt: skip

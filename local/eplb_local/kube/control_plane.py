@@ -5,7 +5,8 @@ Node authorization, the default admission plugins, ServiceAccount tokens signed 
 made on first start (``pki.py``), TokenReview and SubjectAccessReview served by the API
 server, and the controller-manager's garbage collector, Deployment, ReplicaSet,
 StatefulSet, ServiceAccount-token and namespace controllers, each controller under its own
-ServiceAccount; and the node agent (``eplb_local.node``) that runs the pods they create.
+ServiceAccount; the node agent (``eplb_local.node``) that runs the pods they create; and, once
+its CRD is in (``start_lws``), the LeaderWorkerSet controller (``lws.py``).
 
 Ports are picked free on 127.0.0.1; the admin kubeconfig is ``<workdir>/kubeconfig``.
 """
@@ -29,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from eplb_local.kube.binaries import binary
+from eplb_local.kube import lws
+from eplb_local.kube.binaries import binary, lws_dir
 from eplb_local.kube.pki import ClusterPki, KeyPair, ensure_pki
 from eplb_local.node.network import PodNetwork
 from eplb_sidecar.launch import stop_processes
@@ -209,6 +211,31 @@ class ControlPlane:
             "--apiserver-port", str(api_port), "--pod-network", str(network.index),
         ], [sys.executable, "-m", "eplb_local.node"])  # fmt: skip
 
+    def start_lws(self, timeout: float = 120.0) -> str:
+        """Start the LeaderWorkerSet controller (its CRD and ClusterRole must be in); return
+        the base URL of its webhooks, to register them by."""
+        assert self.pki is not None
+        directory = self.workdir / "lws"
+        certs = directory / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        # controller-runtime's webhook server reads these two names from its certDir.
+        shutil.copyfile(self.pki.lws_webhook.cert, certs / "tls.crt")
+        shutil.copyfile(self.pki.lws_webhook.key, certs / "tls.key")
+        kubeconfig_path = directory / "kubeconfig"
+        self._write_kubeconfig(kubeconfig_path, self.pki.lws_client)
+        port, health = free_port(), free_port()
+        config = directory / "config.yaml"
+        config.write_text(yaml.safe_dump(lws.controller_config(port, certs, health)))
+        self._spawn("lws-controller", [f"--config={config}", "--zap-devel=false"],
+                    env={**os.environ, "KUBECONFIG": str(kubeconfig_path)})  # fmt: skip
+        self._wait(f"http://127.0.0.1:{health}/readyz", timeout, "lws-controller")
+        return f"https://127.0.0.1:{port}"
+
+    @property
+    def lws_config(self) -> Path:
+        """The LeaderWorkerSet release's manifests (CRD, webhooks, ClusterRole)."""
+        return lws_dir() / "config"
+
     @property
     def node_root(self) -> Path:
         """Where the node agent keeps its pods: ``pods/<namespace>_<name>_<uid>/``."""
@@ -238,12 +265,18 @@ class ControlPlane:
         )
         self._wait(f"{self.url}/readyz", timeout, "kube-apiserver")
 
-    def _spawn(self, name: str, args: list[str], program: list[str] | None = None) -> None:
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        program: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         command = [*(program or [str(binary(name))]), *args]
         self.commands[name] = command
         with open(self.log(name), "ab") as out:
             self.processes[name] = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             )
         if self.network is not None:
             self.network.record([process.pid for process in self.processes.values()])

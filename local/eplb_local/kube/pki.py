@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from eplb_local.kube.lws import CONTROLLER_USER
+
 VALIDITY = datetime.timedelta(days=365)
 
 
@@ -34,6 +36,8 @@ class ClusterPki:
     admin: KeyPair
     controller_manager: KeyPair
     node: KeyPair
+    lws_client: KeyPair  # the LeaderWorkerSet controller's identity (lws.CONTROLLER_USER)
+    lws_webhook: KeyPair  # its webhooks' serving certificate, for 127.0.0.1
     service_account_key: Path  # private: signs tokens (controller-manager, apiserver)
     service_account_pub: Path  # public: verifies them (apiserver)
 
@@ -49,6 +53,8 @@ def ensure_pki(directory: Path, node_name: str, serving_ip: str) -> ClusterPki:
         admin=_pair(directory, "admin"),
         controller_manager=_pair(directory, "controller-manager"),
         node=_pair(directory, "node"),
+        lws_client=_pair(directory, "lws-controller"),
+        lws_webhook=_pair(directory, "lws-webhook"),
         service_account_key=directory / "sa.key",
         service_account_pub=directory / "sa.pub",
     )
@@ -69,6 +75,9 @@ def ensure_pki(directory: Path, node_name: str, serving_ip: str) -> ClusterPki:
         ]
     )
     _issue(pki.apiserver, "kube-apiserver", None, ca_cert, ca_key, serving_names)
+    _issue(pki.lws_client, CONTROLLER_USER, None, ca_cert, ca_key)
+    loopback = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    _issue(pki.lws_webhook, "lws-webhook-service", None, ca_cert, ca_key, loopback)
     return pki
 
 

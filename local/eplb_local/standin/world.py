@@ -22,7 +22,8 @@ ENGINE_PORT = 8000
 class StandinWorld(World):
     """``groups`` EP groups of ``ep_size`` ranks of stand-in ``engine``, one ``kind`` per group
     named ``moe-<group>``: a StatefulSet of a pod a rank, or a Deployment of one pod holding
-    every rank (``config.ranks`` is the pods of a group, what World waits for).  The
+    every rank — or one LeaderWorkerSet ``moe`` of a group per EP group, a pod a rank
+    (``config.ranks`` is the pods of a group, what World waits for).  The
     ExpertPlacement ``placement_spec`` is applied with the serving chart, named like ``app``."""
 
     engine: str = "sglang"
@@ -80,9 +81,14 @@ class StandinWorld(World):
     def group_pods(self) -> dict[str, list[dict[str, Any]]]:
         """Live pods (not terminating) by EP group."""
         found: dict[str, list[dict[str, Any]]] = {str(g): [] for g in range(self.groups)}
+        label = (
+            "leaderworkerset.sigs.k8s.io/group-index"
+            if self.kind == "LeaderWorkerSet"
+            else "eplb.io/group"
+        )
         for pod in self._pod_objects(f"app={self.app}"):
             if "deletionTimestamp" not in pod["metadata"]:
-                found.setdefault(pod["metadata"]["labels"]["eplb.io/group"], []).append(pod)
+                found.setdefault(pod["metadata"]["labels"][label], []).append(pod)
         return found
 
     def ready_by_group(self) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""``LocalKube``: a started control plane, the project's CRDs, and kubectl/helm against it."""
+"""``LocalKube``: a started control plane, the project's CRDs, the LeaderWorkerSet controller,
+and kubectl/helm against it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import yaml
+
+from eplb_local.kube import lws
 from eplb_local.kube.api import Api
 from eplb_local.kube.binaries import binary
 from eplb_local.kube.control_plane import ControlPlane
@@ -41,6 +45,7 @@ class LocalKube:
             self.kubectl_checked(
                 "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)
             )
+            self._install_lws()
             # Pods of the `default` namespace need its ServiceAccount (the controller's).
             self.wait_for(lambda: self.api_checked().get(
                 "/api/v1/namespaces/default/serviceaccounts/default").code == 200, 60,
@@ -59,6 +64,30 @@ class LocalKube:
         if self.plane is not None:
             self.plane.__exit__(kind, error, tb)
 
+    def _install_lws(self) -> None:
+        """The LeaderWorkerSet CRD and RBAC, its controller, then its webhooks; returns once
+        a LeaderWorkerSet passes them (they fail closed: until then none is admitted)."""
+        plane = self.plane
+        assert plane is not None and plane.pki is not None
+        config = plane.lws_config
+        release = yaml.safe_dump_all([lws.crd(config), *lws.rbac(config)])
+        self.kubectl_checked("apply", "--server-side", "-f", "-", stdin=release)
+        crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/" + lws.CRD_NAME
+
+        def established() -> bool:  # (kubectl wait errs on a CRD with no conditions yet)
+            conditions = (self.api_checked().get(crd).body.get("status") or {}).get("conditions")
+            return any(c.get("type") == "Established" and c.get("status") == "True"
+                       for c in conditions or [])  # fmt: skip
+
+        self.wait_for(established, 60, "the LeaderWorkerSet CRD")
+        url = plane.start_lws()
+        hooks = lws.webhooks(config, url, plane.pki.ca.cert.read_bytes())
+        self.kubectl_checked("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(hooks))
+        probe = lws.probe("default")
+        path = "/apis/leaderworkerset.x-k8s.io/v1/namespaces/default/leaderworkersets?dryRun=All"
+        self.wait_for(lambda: self.api_checked().post(path, probe).code == 201, 60,
+                      "the LeaderWorkerSet webhooks")  # fmt: skip
+
     def api_checked(self) -> Api:
         assert self.api is not None, "the cluster is not started"
         return self.api
@@ -71,8 +100,8 @@ class LocalKube:
     def helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return self._run("helm", args, timeout)
 
-    def kubectl_checked(self, *args: str) -> str:
-        done = self.kubectl(*args)
+    def kubectl_checked(self, *args: str, stdin: str | None = None) -> str:
+        done = self.kubectl(*args, stdin=stdin)
         if done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout

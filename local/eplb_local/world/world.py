@@ -3,7 +3,9 @@
 The operator is installed by ``helm install`` of ``charts/eplb-operator`` (it runs as its
 Deployment's pod, with the chart's ServiceAccount and RBAC); each serving replica (EP group)
 is a StatefulSet of the reference engine with the sidecar injected by the ``eplb-sidecar``
-library chart (``local/charts/reference-moe``); the StatefulSet ordinal is the EP rank.
+library chart (``local/charts/reference-moe``), the StatefulSet ordinal the pod's index —
+or, with ``workload="LeaderWorkerSet"``, a group of one LeaderWorkerSet, made and labelled
+by the real LWS controller, the worker index the pod's index.
 Everything a test or the demo reads — expert tables, engine probes, logs, Events — is read
 the way an operator of a cluster would, or from the node agent's files for the pods.
 """
@@ -124,6 +126,8 @@ class World:
     # EP ranks per pod: config.ranks / ranks_per_pod pods per group, each running one engine
     # process per local rank and one sidecar for them all.
     ranks_per_pod: int = 1
+    # What makes the groups: "StatefulSet" (one per group) or "LeaderWorkerSet" (one in all).
+    workload: str = "StatefulSet"
     started: float = 0.0  # monotonic time when every engine was serving
     prometheus: LocalPrometheus | None = None
     _discovery: Discovery | None = None
@@ -201,6 +205,7 @@ class World:
         config, workload = self.config, self.config.workload
         values = {
             "app": self.app,
+            "workload": self.workload,
             "groups": [str(index) for index in range(self.groups)],
             "engine": {
                 "ranks": config.ranks, "layers": config.layers, "experts": config.experts,
@@ -318,7 +323,12 @@ class World:
 
     def pods(self, group: str | None = None) -> list[ServingPod]:
         """Serving pods (live ones), by group and rank."""
-        selector = f"app={self.app}" + (f",eplb.io/group={group}" if group is not None else "")
+        group_label, index_label = (
+            ("leaderworkerset.sigs.k8s.io/group-index", "leaderworkerset.sigs.k8s.io/worker-index")
+            if self.workload == "LeaderWorkerSet"
+            else ("eplb.io/group", "apps.kubernetes.io/pod-index")
+        )
+        selector = f"app={self.app}" + (f",{group_label}={group}" if group is not None else "")
         found = []
         for pod in self._pod_objects(selector):
             meta, status = pod["metadata"], pod.get("status") or {}
@@ -328,8 +338,8 @@ class World:
                 ServingPod(
                     name=meta["name"],
                     uid=meta["uid"],
-                    group=meta["labels"]["eplb.io/group"],
-                    rank=int(meta["labels"]["apps.kubernetes.io/pod-index"]),
+                    group=meta["labels"][group_label],
+                    rank=int(meta["labels"][index_label]),
                     ip=status["podIP"],
                     node_dir=self._node_dir(pod),
                     ranks_per_pod=self.ranks_per_pod,

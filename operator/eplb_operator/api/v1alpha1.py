@@ -331,25 +331,64 @@ class MetricsSpec(ApiModel):
     )
 
 
+WORKLOAD_RULES: list[dict[str, str]] = [
+    cel(
+        "!has(self.apiVersion) || self.apiVersion == "
+        "(self.kind == 'LeaderWorkerSet' ? 'leaderworkerset.x-k8s.io/v1' : 'apps/v1')",
+        "apiVersion is apps/v1 for a StatefulSet or Deployment, leaderworkerset.x-k8s.io/v1 "
+        "for a LeaderWorkerSet",
+    ),
+    cel(
+        "self.kind != 'LeaderWorkerSet' || !self.name.contains('{group}')",
+        "a LeaderWorkerSet holds every EP group (each of its groups is one): name it without "
+        "{group}",
+    ),
+]
+
+
 class WorkloadRef(ApiModel):
     """The serving workload that a Restart rollout restarts, one EP group at a time."""
 
-    api_version: Literal["apps/v1"] = Field(
-        default="apps/v1", description="API version of the workload."
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"x-kubernetes-validations": WORKLOAD_RULES},  # type: ignore[dict-item]
     )
-    kind: Literal["StatefulSet", "Deployment"] = Field(
-        description="StatefulSet or Deployment (one per EP group, or one for a single group)."
+
+    api_version: Literal["apps/v1", "leaderworkerset.x-k8s.io/v1"] | None = Field(
+        default=None,
+        description="API version of the workload: apps/v1 for a StatefulSet or Deployment, "
+        "leaderworkerset.x-k8s.io/v1 for a LeaderWorkerSet (unset: its kind's).",
+    )
+    kind: Literal["StatefulSet", "Deployment", "LeaderWorkerSet"] = Field(
+        description="StatefulSet or Deployment (one per EP group, or one for a single group), "
+        "or LeaderWorkerSet (one for all groups: each of its groups is an EP group; its "
+        "rolloutStrategy partition is the operator's while a rollout runs, to restart one "
+        "group at a time)."
     )
     name: str = Field(
         min_length=1,
         max_length=253,
         description="Name of the workload; {group} is replaced by an EP group's name (its "
-        "pods' groupLabel), so each group's workload is found: e.g. 'moe-{group}'.",
+        "pods' groupLabel), so each group's workload is found: e.g. 'moe-{group}'. A "
+        "LeaderWorkerSet is named as it is.",
     )
 
     def name_of(self, group: str) -> str:
         """The workload of EP group ``group``."""
         return self.name.replace("{group}", group)
+
+    @model_validator(mode="after")
+    def _workload_rules(self) -> WorkloadRef:
+        """The CRD's CEL rules of spec.workloadRef, evaluated by the same code the test
+        cluster uses."""
+        from eplb_operator.api.validation import evaluate_rules
+
+        failed = evaluate_rules(WORKLOAD_RULES, self.model_dump(by_alias=True, exclude_none=True))
+        if failed:
+            raise ValueError("; ".join(failed))
+        return self
 
 
 class RebalanceTrigger(ApiModel):
@@ -393,6 +432,12 @@ SPEC_RULES: list[dict[str, str]] = [
     cel(
         "self.rollout.strategy != 'Restart' || has(self.workloadRef)",
         "rollout.strategy Restart needs workloadRef: the workload whose pods restart",
+    ),
+    cel(
+        "!has(self.workloadRef) || self.workloadRef.kind != 'LeaderWorkerSet' || "
+        "(has(self.pods) && has(self.pods.rankFrom) && self.pods.rankFrom == 'LeaderWorkerSet')",
+        "workloadRef kind LeaderWorkerSet needs pods.rankFrom LeaderWorkerSet: its groups are "
+        "the EP groups",
     ),
     cel(
         "(self.rollout.strategy == 'Restart') == (self.engine != 'table')",

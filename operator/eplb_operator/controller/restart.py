@@ -9,8 +9,10 @@ For engines that take a placement only at start-up (SGLang, TensorRT-LLM, vLLM):
    when some group's workload is stamped with another revision than the current one (a
    ``helm upgrade``, an aborted rollout), the current revision again.
 3. Act on :func:`~.restart_decide.next_restart`: render the target's start-up file into its
-   ConfigMap (:mod:`.restart_files`), stamp one group's workload at a time, wait for it to
-   come back, abort when it is not back within ``rollout.progressDeadlineSeconds``.
+   ConfigMap (:mod:`.restart_files`), stamp one group's workload at a time (a
+   LeaderWorkerSet, which holds every group: its templates, and its partition lowered one
+   group at a time), wait for it to come back, abort when it is not back within
+   ``rollout.progressDeadlineSeconds``.
 Status ``groups`` says which revision each group serves; Events mark each group.
 """
 
@@ -46,6 +48,11 @@ from eplb_operator.controller.restart_files import (
 )
 from eplb_operator.controller.restart_loads import read_engine_window
 from eplb_operator.controller.restart_pods import (
+    LEADER_WORKER_SET,
+    group_size,
+    lws_group_index,
+    lws_group_stamp,
+    lws_partition,
     pod_view,
     pods_by_group,
     stamped_revision,
@@ -85,6 +92,11 @@ class RestartPass:
         self.name = reconciler.name
         assert spec.workload_ref is not None  # the CEL rules require it for Restart
         self.ref = spec.workload_ref
+        # One workload for every group (a LeaderWorkerSet): its rolling update's partition
+        # admits one group at a time, from the highest index down, each once the one before
+        # is back by this rollout's measure — every pod Ready. (Its own maxUnavailable counts
+        # a group back once its workers' pods exist, Ready or not: two groups could be down.)
+        self.shared = self.ref.kind == LEADER_WORKER_SET
 
     # -- the pass ------------------------------------------------------------------------
     async def run(self) -> float:
@@ -104,13 +116,23 @@ class RestartPass:
         by_group, problems = pods_by_group(pods, spec, known)
         if problems:
             return await self.r.degraded("PodsInconsistent", "; ".join(problems))
-        if "{group}" not in self.ref.name and len(by_group) > 1:
+        if self.shared:
+            # One LeaderWorkerSet holds every group: its groups are named <lws>-<index>.
+            foreign = sorted(g for g in by_group if not g.startswith(f"{self.ref.name}-"))
+            if foreign:
+                return await self.r.degraded(
+                    "InvalidSpec",
+                    f"workloadRef names LeaderWorkerSet {self.ref.name}, but the selector's "
+                    f"pods form groups {foreign} of another",
+                )  # fmt: skip
+        elif "{group}" not in self.ref.name and len(by_group) > 1:
             return await self.r.degraded(
                 "InvalidSpec",
                 f"workloadRef.name {self.ref.name!r} names one workload, but the pods form "
                 f"{len(by_group)} groups {sorted(by_group)}: put {{group}} in it",
             )
         groups = []
+        shared: dict[str, Any] | None = None  # the LeaderWorkerSet, when it holds them all
         for group, members in sorted(by_group.items()):
             workload_name = self.ref.name_of(group)
             workload = await restart_kube.get_workload(self.namespace, self.ref.kind, workload_name)
@@ -124,9 +146,15 @@ class RestartPass:
             if problem is not None:
                 return await self.r.degraded("InvalidSpec", f"workloadRef: {problem}")
             assert workload is not None
-            replicas = int((workload.get("spec") or {}).get("replicas", 1))
-            groups.append(GroupView(group, replicas, [pod_view(p) for p in members],
-                                    stamped_revision(workload)))  # fmt: skip
+            size = group_size(workload, self.ref.kind)
+            views = [pod_view(p) for p in members]
+            stamped = (
+                lws_group_stamp(workload, lws_group_index(group, workload_name), views)
+                if self.shared
+                else stamped_revision(workload, self.ref.kind)
+            )
+            groups.append(GroupView(group, size, views, stamped))
+            shared = workload
         try:
             target = await self._target(pods, by_group, groups)
         except MetricsUnavailableError as error:
@@ -140,7 +168,7 @@ class RestartPass:
             await self._ensure_file(target.number, target.placement, target.load)
         except InvalidInputError as error:
             return await self.r.degraded("InvalidSpec", f"{target.name}: {error}")
-        return await self._act(target, groups)
+        return await self._act(target, groups, shared)
 
     # -- deciding ------------------------------------------------------------------------
     async def _target(
@@ -276,8 +304,16 @@ class RestartPass:
         body = config_map_body(self.obj, number, self.spec.engine, text)
         await restart_kube.create_config_map(self.namespace, body)
 
-    async def _act(self, target: Target, groups: list[GroupView]) -> float:
-        decision = next_restart(groups, target.number)
+    async def _act(
+        self, target: Target, groups: list[GroupView], shared: dict[str, Any] | None
+    ) -> float:
+        # A LeaderWorkerSet's partition admits its groups from the highest index down.
+        order = (
+            sorted((g.name for g in groups), key=lambda n: -lws_group_index(n, self.ref.name))
+            if self.shared
+            else None
+        )
+        decision = next_restart(groups, target.number, order)
         previous = {g["name"]: g for g in self.status.get("groups") or []}
         group_status = [self._group_status(group, previous.get(group.name)) for group in groups]
         for group, entry in zip(groups, group_status, strict=True):
@@ -286,6 +322,10 @@ class RestartPass:
                 self.r.emit("Normal", "GroupRestarted", f"{target.name}: group {group.name} is "
                             f"back, {group.size} pods ready")  # fmt: skip
         if decision.step == Step.DONE:
+            if shared is not None and lws_partition(shared):
+                # Every group serves the target: the partition this rollout held goes back
+                # to 0, where a LeaderWorkerSet at rest has it.
+                await restart_kube.set_lws_partition(self.namespace, self.ref.name, 0)
             return await self._done(target, group_status)
         if decision.step == Step.WAIT:
             restarted = (previous.get(decision.group or "") or {}).get("restartedAt")
@@ -316,10 +356,12 @@ class RestartPass:
         await restart_kube.stamp_workload(
             self.namespace, self.ref.kind, workload, target.number,
             config_map_name(self.name, target.number),
+            partition=lws_group_index(group, workload) if self.shared else None,
         )  # fmt: skip
         self.r.emit(
             "Normal", "GroupRestarting", f"{target.name}: restarting group {group} "
-            f"({self.ref.kind} {workload})"
+            f"({self.ref.kind} {workload}"
+            + (f", partition {lws_group_index(group, workload)})" if self.shared else ")")
         )  # fmt: skip
         for entry in group_status:
             if entry["name"] == group:

@@ -76,19 +76,30 @@ class Decision:
     reason: str
 
 
-def next_restart(groups: Sequence[GroupView], target: int) -> Decision:
-    """What to do next to bring every group to revision ``target``."""
+def next_restart(
+    groups: Sequence[GroupView], target: int, order: Sequence[str] | None = None
+) -> Decision:
+    """What to do next to bring every group to revision ``target``.
+
+    ``order``: the only order the groups can restart in (a LeaderWorkerSet's partition
+    admits them from the highest index down), or None for any; with one, rule 2 applies to
+    the next group in it alone, and rule 4 takes that group."""
     ordered = sorted(groups, key=lambda g: g.name)
     if all(group.serves(target) for group in ordered):
         return Decision(Step.DONE, None, f"all {len(ordered)} groups serve revision {target}")
-    for group in ordered:
-        if group.stamped == target and not group.serves(target):
-            return Decision(
-                Step.WAIT, group.name,
-                f"group {group.name} is restarting: {group.ready_pods} of {group.size} pods "
-                f"ready",
-            )  # fmt: skip
+    coming = [group for group in ordered if group.stamped == target and not group.serves(target)]
+    if coming:
+        # Of several stamped groups not back yet (after an abort, say), the one that is down
+        # is the one restarting now.
+        group = next((g for g in coming if not g.ready), coming[0])
+        return Decision(
+            Step.WAIT, group.name,
+            f"group {group.name} is restarting: {group.ready_pods} of {group.size} pods ready",
+        )  # fmt: skip
     pending = [group for group in ordered if group.stamped != target]
+    if order is not None:
+        rank = {name: index for index, name in enumerate(order)}
+        pending = sorted(pending, key=lambda g: rank[g.name])[:1]
     down = [group for group in ordered if not group.ready]
     pending_down = [group for group in pending if not group.ready]
     if pending_down:
