@@ -53,7 +53,7 @@ fi
 want="$(cat hack/lws/go.mod hack/lws/go.sum | sha256sum | cut -d' ' -f1)"
 if ! fresh "$LWS_DIR/.source" "$want" "$LWS_DIR/lws-controller"; then
     need_go
-    echo "setup: building the LeaderWorkerSet controller $LWS_VERSION (first time only: about 3 minutes on 2 cores)" >&2
+    echo "setup: building the LeaderWorkerSet controller $LWS_VERSION (first time only: a few minutes on 2 cores)" >&2
     mkdir -p "$LWS_DIR"
     started=$SECONDS
     (

@@ -98,6 +98,7 @@ def test_example_renders_eight_ranks_per_pod_and_the_api_server_accepts_it(
         assert workload[0]["spec"]["replicas"] == 2  # 16 ranks in pods of 8
         dry_run(kube, namespace, docs)
     else:
+        kube.ensure_lws()  # its CRD and admission webhooks judge the LeaderWorkerSet
         assert model.spec.pods.rank_from == "LeaderWorkerSet"
         (lws,) = workload
         assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1"

@@ -16,8 +16,9 @@ def cluster_command(
         Path, typer.Option(help="Where the cluster keeps its state, logs and kubeconfig.")
     ] = Path(".eplb-cluster"),
 ) -> None:
-    """Run etcd, kube-apiserver, kube-controller-manager and a local node agent (pods run as
-    processes of this machine), with the ExpertPlacement CRD installed; Ctrl-C stops them."""
+    """Run etcd, kube-apiserver, kube-controller-manager, the LeaderWorkerSet controller and a
+    local node agent (pods run as processes of this machine), with the ExpertPlacement CRD
+    installed; Ctrl-C stops them."""
     from eplb_local.kube.binaries import MissingBinaryError
     from eplb_local.world import LocalKube
 
@@ -26,6 +27,7 @@ def cluster_command(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         with LocalKube(workdir.resolve()) as kube:
+            kube.ensure_lws()  # so that LeaderWorkerSet manifests apply as on a cluster
             assert kube.plane is not None
             typer.echo(f"Kubernetes API on {kube.plane.url}")
             typer.echo(f"export KUBECONFIG={kube.kubeconfig}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from eplb_local.demo.options import APP, NAMESPACE, DemoOptions, Fault
 from eplb_local.demo.options import PrometheusMode as Mode
 from eplb_local.kube.api import Api
 from eplb_local.world import LocalKube, ServingPod, World
+from eplb_local.world.warm import warm_compile_cache
 from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.verify import group_errors
@@ -90,9 +92,15 @@ class DemoWorld:
             for child in ("cluster", "world"):
                 shutil.rmtree(self.workdir / child, ignore_errors=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # The operator pod's placement kernels (numba), compiled into its shared compile
+        # cache while the cluster starts, as a PVC-backed compileCache holds them on a
+        # cluster: else its first pass compiles them, minutes on a busy 2-core machine, and
+        # only loads them on later runs.
+        compiling = self._stack.enter_context(ThreadPoolExecutor(1))
+        warming = compiling.submit(warm_compile_cache)
         self.say("starting a Kubernetes control plane (etcd, kube-apiserver, "
-                 "kube-controller-manager, the LeaderWorkerSet controller) and the local "
-                 "node")  # fmt: skip
+                 "kube-controller-manager) and the local node; compiling the operator's "
+                 "placement kernels (once a checkout)")  # fmt: skip
         self._stack.enter_context(self.kube)
         assert self.kube.plane is not None
         self.say(f"Kubernetes API on {self.kube.plane.url}; KUBECONFIG={self.kube.kubeconfig}")
@@ -106,6 +114,7 @@ class DemoWorld:
         # The whole cluster stops after the demo, its node with every pod: no graceful
         # uninstall first (it only made the demo's end 15 s slower).
         self._stack.callback(self.world.stop_host_processes)
+        warming.result()
         engine = f"{model.value} (transformers)" if model else "the reference engine"
         self.say(f"helm install: the operator (charts/eplb-operator) and {self.options.pods} "
                  f"pods of {engine} with the injected sidecar")  # fmt: skip

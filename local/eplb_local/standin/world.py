@@ -45,6 +45,8 @@ class StandinWorld(World):
         return list(range(self.first_moe_layer, self.hidden_layers))
 
     def install_serving(self, checkpoint: Path) -> None:
+        if self.kind == "LeaderWorkerSet":
+            self.kube.ensure_lws()
         chart = self.workdir / "standin-chart"
         shutil.rmtree(chart, ignore_errors=True)
         shutil.copytree(STANDIN_CHART, chart)

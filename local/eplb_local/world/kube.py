@@ -1,5 +1,5 @@
-"""``LocalKube``: a started control plane, the project's CRDs, the LeaderWorkerSet controller,
-and kubectl/helm against it."""
+"""``LocalKube``: a started control plane, the project's CRDs, kubectl/helm against it, and
+the LeaderWorkerSet controller once a world asks for it (``ensure_lws``)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class LocalKube:
     workdir: Path
     plane: ControlPlane | None = None
     api: Api | None = None
+    lws_installed: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -45,7 +46,6 @@ class LocalKube:
             self.kubectl_checked(
                 "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)
             )
-            self._install_lws()
             # Pods of the `default` namespace need its ServiceAccount (the controller's).
             self.wait_for(lambda: self.api_checked().get(
                 "/api/v1/namespaces/default/serviceaccounts/default").code == 200, 60,
@@ -64,9 +64,13 @@ class LocalKube:
         if self.plane is not None:
             self.plane.__exit__(kind, error, tb)
 
-    def _install_lws(self) -> None:
-        """The LeaderWorkerSet CRD and RBAC, its controller, then its webhooks; returns once
-        a LeaderWorkerSet passes them (they fail closed: until then none is admitted)."""
+    def ensure_lws(self) -> None:
+        """The LeaderWorkerSet CRD and RBAC, its controller, then its webhooks (once, when a
+        world first needs them); returns once a LeaderWorkerSet passes them (they fail
+        closed: until then none is admitted).  Only on demand: seconds of a cluster's start
+        that most worlds would not use."""
+        if self.lws_installed:
+            return
         plane = self.plane
         assert plane is not None and plane.pki is not None
         config = plane.lws_config
@@ -87,6 +91,7 @@ class LocalKube:
         path = "/apis/leaderworkerset.x-k8s.io/v1/namespaces/default/leaderworkersets?dryRun=All"
         self.wait_for(lambda: self.api_checked().post(path, probe).code == 201, 60,
                       "the LeaderWorkerSet webhooks")  # fmt: skip
+        self.lws_installed = True
 
     def api_checked(self) -> Api:
         assert self.api is not None, "the cluster is not started"

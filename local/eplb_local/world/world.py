@@ -157,6 +157,8 @@ class World:
         checkpoint = self.workdir / "checkpoint"
         write_checkpoint(checkpoint, self.config)
         _readable_by_all(checkpoint)
+        if self.workload == "LeaderWorkerSet":
+            self.kube.ensure_lws()
         if self.operator:
             self.install_operator()
         self.install_serving(checkpoint)
