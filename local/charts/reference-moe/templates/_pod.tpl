@@ -60,7 +60,7 @@ containers:
         valueFrom:
           fieldRef:
             fieldPath: metadata.labels['{{ $indexLabel }}']
-      {{- if eq $groupArg "$(GROUP_INDEX)" }}
+      {{- if eq (toString $groupArg) "$(GROUP_INDEX)" }}
       - name: GROUP_INDEX  # the pod's group of the LeaderWorkerSet
         valueFrom:
           fieldRef:
