@@ -83,6 +83,12 @@ def test_example_renders_eight_ranks_per_pod_and_the_api_server_accepts_it(
             # Peer transfers' ports: the pod's ephemeral range, after the store's port.
             assert "--transfer-port=29470" in sidecar["args"]
             assert sysctls == [{"name": "net.ipv4.ip_local_port_range", "value": "29471 29800"}]
+            # It serves /healthz once the engine has loaded its model: the startupProbe
+            # holds liveness off that long (else a restart, and the LWS recreates the group),
+            # and the sidecar waits for the engine's tables as long.
+            probe = sidecar["startupProbe"]
+            window = probe["periodSeconds"] * probe["failureThreshold"]
+            assert window >= 1800 and f"--wait-seconds={window}" in sidecar["args"]
         else:  # vLLM exports its own load file and takes placements at start-up
             assert "--source=vllm-stats" in sidecar["args"]
             assert sysctls is None  # no transfers: vLLM keeps the node's ephemeral ports

@@ -27,7 +27,7 @@ SMALL = ["--pods", "4", "--layers", "4", "--experts", "12", "--redundant", "4", 
 
 
 def run_demo(workdir: Path, *flags: str) -> dict[str, Any]:
-    result = eplb("demo", "--json", "--workdir", workdir, *SMALL, *flags, timeout=300)
+    result = eplb("demo", "--json", "--workdir", workdir, *SMALL, *flags, timeout=480)
     assert result.returncode == 0, result.stderr[-4000:]
     summary: dict[str, Any] = json.loads(result.stdout)
     assert summary == json.loads((workdir / "summary.json").read_text())
@@ -134,7 +134,7 @@ def test_ctrl_c_stops_every_process_it_started(tmp_path: Path) -> None:
             [*eplb_command(), "demo", "--workdir", str(workdir), *SMALL],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    deadline = time.monotonic() + 180  # two clusters of the test workers share the machine
+    deadline = time.monotonic() + 300  # two clusters of the test workers share the machine
     # Mid-run: every process is up and the placement applied (recording.json is written at
     # the end, too late now that the demo's end takes a second).
     while "applied ExpertPlacement" not in output.read_text(errors="replace"):

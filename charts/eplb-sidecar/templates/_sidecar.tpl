@@ -108,6 +108,10 @@ eplb.io/group: {{ .group | quote }}
     - --metrics-port={{ .Values.metricsPort }}
     - --transfer-port={{ .Values.transferPort }}
     - --ranks-per-pod={{ .Values.ranksPerPod }}
+    {{- with .Values.startupProbe }}
+    {{- /* Kubernetes' defaults where the probe leaves them out: 10 s, 3 failures. */}}
+    - --wait-seconds={{ mul (default 10 .periodSeconds | int) (default 3 .failureThreshold | int) }}
+    {{- end }}
     {{- with .Values.checkpointPath }}
     - --checkpoint={{ . }}
     {{- end }}
@@ -134,6 +138,10 @@ eplb.io/group: {{ .group | quote }}
     {{- if eq .Values.source "table" }}
     - {name: eplb-transfer, containerPort: {{ .Values.transferPort }}, protocol: TCP}
     {{- end }}
+  {{- with .Values.startupProbe }}
+  startupProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- with .Values.readinessProbe }}
   readinessProbe:
     {{- toYaml . | nindent 4 }}

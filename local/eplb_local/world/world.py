@@ -140,7 +140,7 @@ class World:
 
     # -- lifecycle -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def running(self, timeout: float = 180.0) -> Iterator[World]:
+    def running(self, timeout: float = 300.0) -> Iterator[World]:
         """Started for the block, stopped however it ends: a start that fails half-way
         leaves a namespace and releases to clean up too."""
         try:
@@ -148,7 +148,7 @@ class World:
         finally:
             self.stop()
 
-    def start(self, timeout: float = 180.0) -> World:
+    def start(self, timeout: float = 300.0) -> World:
         api = self.kube.api_checked()
         reply = api.post("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
         if reply.code not in (201, 409):
@@ -310,7 +310,7 @@ class World:
         conditions = (pod.get("status") or {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
+    def wait_ready(self, timeout: float = 300.0) -> None:
         """Until every rank of every group (and the operator) is Ready."""
         expected = self.groups * self.config.ranks // self.ranks_per_pod
 
