@@ -116,6 +116,7 @@ class Demo:
         self.state.phase = name
         self.state.before, self.state.after = [], []
         start = time.time()
+        shifted: float | None = None
         if apply:
             self.view.say(f"{name}: Zipf skew {self.options.skew}; letting the {W} s load window "
                           "fill before the ExpertPlacement is applied")  # fmt: skip
@@ -124,14 +125,23 @@ class Demo:
             self._apply()
         else:
             self.world.serving.set_workload(shift=1)
+            shifted = time.time()
             # The gate's popularity is part of the model: the reference outputs change with it.
             self.baseline = self.world.serving.probe()
             self.view.say(f"{name}: other experts are hot now; the operator's next pass "
                           f"(every {self.options.interval_seconds} s) should notice")  # fmt: skip
         done_before = len(self.watch.completed())
+
+        def planned_from_this_phase() -> bool:
+            # After a shift, a pass whose window opened before it plans for a mix of the old
+            # and new load (on a loaded machine the passes drift off the schedule that the
+            # interval sets); the phase is answered by a rollout whose window saw the new
+            # load alone.
+            fresh = self.watch.completed()[done_before:]
+            return any(shifted is None or (r.started or 0.0) >= shifted + W for r in fresh)
+
         deadline = time.time() + 3 * self.options.interval_seconds + 30
-        record = self._wait_for(lambda: len(self.watch.completed()) > done_before, deadline,
-                                f"a rollout in phase '{name}'")  # fmt: skip
+        record = self._wait_for(planned_from_this_phase, deadline, f"a rollout in phase '{name}'")
         result = PhaseResult(name=name, imbalance_before=None, imbalance_after=None)
         before = self.recording.window(
             start + 1, (record.started if record else None) or time.time()
