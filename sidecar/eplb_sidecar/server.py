@@ -112,7 +112,10 @@ async def inject_fault(phase: str) -> None:
     if fault == f"exit-at-{phase}":
         die_of_fault()
     if fault.startswith(f"delay-{phase}="):
-        await asyncio.sleep(float(fault.split("=", 1)[1]))
+        seconds = float(fault.split("=", 1)[1])
+        # Logged as it starts: a test can act while the call is in flight.
+        log.warning("fault injected: this %s waits %g s", phase, seconds)
+        await asyncio.sleep(seconds)
 
 
 # The HTTP status of each refusal: 400 the request can never succeed, 409 it does not fit

@@ -19,7 +19,7 @@ import torch
 
 from eplb_local.kube.proxy import FaultyApiProxy
 from eplb_local.world import World
-from eplb_local.world.world import OPERATOR_RELEASE
+from eplb_local.world.world import OPERATOR_RELEASE, ServingPod
 from eplb_sidecar.launch import free_port
 
 from .conftest import (
@@ -95,10 +95,18 @@ def test_the_operator_killed_at_prepare_leaves_staging_the_next_one_drops_and_re
 ) -> None:
     expected = world.probe()
     target = shifted(served(world))
-    for pod in world.pods():  # prepares in flight for 3 s: the operator dies meanwhile
-        world.inject(pod, "delay-prepare=3")
+
+    def delayed(pod: ServingPod) -> int:
+        return pod.log("eplb-sidecar").count("fault injected: this prepare waits")
+
+    before = {pod.name: delayed(pod) for pod in world.pods()}
+    for pod in world.pods():  # prepares in flight for 6 s: the operator dies meanwhile
+        world.inject(pod, "delay-prepare=6")
     apply(world, name, target, layersPerStep=CONFIG.layers)
-    world.wait(lambda: world.status(name).get("targetRevision") is not None, 120, "the rollout")
+    # Killed once every pod holds its prepare (not at the target's first sight: on a loaded
+    # machine the operator had not sent them yet, and nothing was left staged).
+    world.wait(lambda: all(delayed(pod) > before[pod.name] for pod in world.pods()), 120,
+               "every pod's prepare in flight")  # fmt: skip
     planned = world.status(name)["targetRevision"]
     world.kill_operator()
     # The prepares it sent still run to the end: every pod stages the batch, and nobody
