@@ -34,6 +34,9 @@ from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
 from eplb_sidecar.engine.reference import ReferenceEngine
 
+# Processes starting on a loaded 2-core CI machine (each imports torch) take minutes.
+START_TIMEOUT = 240.0
+
 
 def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
     """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
@@ -206,7 +209,7 @@ class LocalGroup:
         return [url for pod in self.pods for url in pod.engine_urls]
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self, timeout: float = 240.0) -> LocalGroup:
+    def start(self, timeout: float = START_TIMEOUT) -> LocalGroup:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.rendezvous.unlink(missing_ok=True)  # a stale file would join an old group
         self.token_file.write_text(self.token)
@@ -276,7 +279,7 @@ class LocalGroup:
             args += ["--checkpoint", str(self.checkpoint)]
         pod.sidecar = self._spawn(pod, "sidecar", args, env)
 
-    def wait_ready(self, timeout: float = 240.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         for pod in self.pods:
             processes = [
@@ -333,7 +336,7 @@ class LocalGroup:
     ) -> None:
         self.stop()
 
-    def restart_pod(self, pod: LocalPod, timeout: float = 240.0) -> LocalPod:
+    def restart_pod(self, pod: LocalPod, timeout: float = START_TIMEOUT) -> LocalPod:
         """The pod deleted and created again: all its processes, fresh tables, new ports."""
         if self.transformers is not None:
             # Like vLLM's and SGLang's EP groups, the engines' process group is fixed at start.

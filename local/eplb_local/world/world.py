@@ -52,6 +52,8 @@ FAULTS_MOUNT = "/var/run/eplb-faults"
 OPERATOR_ACCOUNT = "eplb-eplb-operator"  # the chart's ServiceAccount for release OPERATOR_RELEASE
 OPERATOR_LEASE = f"{OPERATOR_ACCOUNT}-leader"  # the chart's leader-election Lease
 SIDECAR_AUDIENCE = "eplb-sidecar"  # both charts' default sidecar auth audience
+# Pods starting on a loaded 2-core CI machine (every container imports torch) take minutes.
+START_TIMEOUT = 300.0
 
 
 class Discovery(Periodic):
@@ -140,7 +142,7 @@ class World:
 
     # -- lifecycle -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def running(self, timeout: float = 300.0) -> Iterator[World]:
+    def running(self, timeout: float = START_TIMEOUT) -> Iterator[World]:
         """Started for the block, stopped however it ends: a start that fails half-way
         leaves a namespace and releases to clean up too."""
         try:
@@ -148,7 +150,7 @@ class World:
         finally:
             self.stop()
 
-    def start(self, timeout: float = 300.0) -> World:
+    def start(self, timeout: float = START_TIMEOUT) -> World:
         api = self.kube.api_checked()
         reply = api.post("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
         if reply.code not in (201, 409):
@@ -310,7 +312,7 @@ class World:
         conditions = (pod.get("status") or {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    def wait_ready(self, timeout: float = 300.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until every rank of every group (and the operator) is Ready."""
         expected = self.groups * self.config.ranks // self.ranks_per_pod
 
