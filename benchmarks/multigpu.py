@@ -34,6 +34,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
+from eplb_local.launch import LocalGroup
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
@@ -41,9 +42,8 @@ from eplb_sidecar.api import CommitRequest, PrepareRequest, TransferGroup
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.engine.reference import identity_placement
+from eplb_sidecar.engine.startup import identity_placement
 from eplb_sidecar.engine.weights import expert_weights
-from eplb_sidecar.launch import LocalGroup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "multigpu.md"
 SLOTS, EXPERTS = 9, 16  # two ranks: 18 slots, 2 redundant

@@ -32,6 +32,7 @@ from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, previous_section, table
+from eplb_local.launch import LocalGroup
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import Rollout, RolloutOptions
@@ -42,9 +43,8 @@ from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
-from eplb_sidecar.engine.reference import identity_placement
+from eplb_sidecar.engine.startup import identity_placement
 from eplb_sidecar.engine.weights import expert_weights
-from eplb_sidecar.launch import LocalGroup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.md"
 MODELLED_SIDECARS = [8, 64, 256]

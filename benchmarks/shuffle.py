@@ -33,7 +33,7 @@ from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.layout import TableLayout
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.engine.reference import identity_placement
+from eplb_sidecar.engine.startup import identity_placement
 from eplb_sidecar.shuffle import ShuffleExecutor
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,9 +41,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # -- CPU: local pods ----------------------------------------------------------------------
 def cpu_rollout(ranks: int, layers: int, hidden: int, intermediate: int) -> str:
+    from eplb_local.launch import LocalGroup
     from eplb_operator.placement import Topology, plan
     from eplb_operator.workloads import zipf_load
-    from eplb_sidecar.launch import LocalGroup
 
     experts, slots = 8 * ranks, 9  # one redundant slot per rank
     config = EngineConfig(

@@ -44,6 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
+from eplb_local.engine.verify import group_errors
+from eplb_local.launch import LocalGroup, post
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.loads import MetricsUnavailableError, ScrapeSource
@@ -64,8 +66,6 @@ from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeMismatchError
-from eplb_sidecar.engine.verify import group_errors
-from eplb_sidecar.launch import LocalGroup, post
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.md"
 COMPONENTS = ("sidecar", "pod", "operator")

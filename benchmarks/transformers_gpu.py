@@ -34,14 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import machine, table
+from eplb_local.engine.verify import slot_weight_errors
+from eplb_local.launch import LocalGroup
 from eplb_sidecar.adapters.transformers.options import Architecture, TransformersOptions
 from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.startup import identity_placement
-from eplb_sidecar.engine.verify import slot_weight_errors
-from eplb_sidecar.launch import LocalGroup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE_RESULTS = Path(__file__).resolve().parent / ".cache"

@@ -10,7 +10,7 @@ No Secret exists anywhere: nothing to steal, nothing to rotate by hand.  Positiv
 are cached for a few seconds, so a rollout's calls do not cost two API requests each.
 
 ``token-file``: a bearer token compared with the content of a file, for running without
-Kubernetes (``eplb_sidecar.launch``, unit tests).
+Kubernetes (``eplb_local.launch``, unit tests).
 
 Refusals are :class:`AuthError`: 401 for a missing, unknown, expired or wrong-audience
 token, 403 for a valid identity without the right, 503 when the answer cannot be had (no

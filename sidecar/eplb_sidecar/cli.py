@@ -1,10 +1,11 @@
-"""``eplb-sidecar``: the per-pod data-plane process, and the reference engine."""
+"""``eplb-sidecar``: the per-pod data-plane process, and the engines it serves beside."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -291,9 +292,13 @@ def engine_command(
 
         run_transformers_engine(config, options, table_dir, bind, port, ports_file)
         return
-    from eplb_sidecar.runtime import run_engine
-
-    run_engine(config, table_dir, bind, port, ports_file)
+    # The reference engine is local tooling (eplb_local), which the sidecar never imports:
+    # it is found as the `eplb.engines` entry point that package registers.
+    found = [point for point in entry_points(group="eplb.engines") if point.name == "reference"]
+    if not found:
+        _fail("engine", "the reference engine is not installed here (it is local tooling, "
+                        "in no image): pip install 'eplb-k8s[demo]'")  # fmt: skip
+    found[0].load()(config, table_dir, bind, port, ports_file)
 
 
 def _serve_source(

@@ -1,4 +1,4 @@
-"""Process entry points: the sidecar (control + metrics servers) and the reference engine."""
+"""Process entry points: the sidecar (control + metrics servers), and serving an engine."""
 
 from __future__ import annotations
 
@@ -25,11 +25,10 @@ from eplb_sidecar.auth import (
 )
 from eplb_sidecar.checkpoint import DEFAULT_KEY_TEMPLATE, CheckpointReader
 from eplb_sidecar.contract.pod import PodTables
-from eplb_sidecar.engine.config import EngineConfig
-from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.engine.server import ServedEngine, engine_app
 from eplb_sidecar.exporter import SidecarMetrics
-from eplb_sidecar.server import control_app, metrics_app, tamper_outgoing
+from eplb_sidecar.hooks import installed_hooks
+from eplb_sidecar.server import control_app, metrics_app
 from eplb_sidecar.shuffle import ShuffleExecutor
 from eplb_sidecar.sources.counters import ExpertCounters
 from eplb_sidecar.sources.serve import LoadSource, source_apps
@@ -119,9 +118,10 @@ def run_sidecar(options: SidecarOptions, auth: Authenticator | None = None) -> N
         if options.checkpoint
         else None
     )
-    executor = ShuffleExecutor(tables, options.pod, peers, checkpoint, tamper=tamper_outgoing)
+    hooks = installed_hooks()
+    executor = ShuffleExecutor(tables, options.pod, peers, checkpoint, tamper=hooks.outgoing)
     metrics = SidecarMetrics(tables)
-    control = control_app(executor, metrics, auth)
+    control = control_app(executor, metrics, auth, hooks)
     apps = [
         ("control", control, options.bind, options.control_port),
         ("metrics", metrics_app(metrics), options.bind, options.metrics_port),
@@ -163,13 +163,6 @@ def run_source_sidecar(
     """A sidecar without an expert table: export an engine's own load output until SIGTERM."""
     app, poll = source_apps(source, counters, poll_seconds)
     asyncio.run(_serve([("metrics", app, bind, metrics_port)], ports_file, tasks=[poll]))
-
-
-def run_engine(
-    config: EngineConfig, table_dir: Path, bind: str, port: int, ports_file: Path | None = None
-) -> None:
-    """Publish the table, then serve batches (and the engine API) until SIGTERM."""
-    serve_engine(ReferenceEngine(config, table_dir), bind, port, ports_file)
 
 
 def serve_engine(

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
@@ -41,39 +38,11 @@ from eplb_sidecar.api import (
 from eplb_sidecar.auth import Authenticator, AuthError
 from eplb_sidecar.contract.layout import TableLayout
 from eplb_sidecar.exporter import SidecarMetrics
+from eplb_sidecar.hooks import ControlHooks
 from eplb_sidecar.refusals import InvalidRequestError, RefusedError, RequestTooLargeError
 from eplb_sidecar.shuffle import ShuffleExecutor
 
 log = logging.getLogger("eplb_sidecar")
-
-FAULT_ENV = "EPLB_SIDECAR_FAULT"
-FAULT_FILE_ENV = "EPLB_SIDECAR_FAULT_FILE"
-
-
-def current_fault() -> str:
-    """The fault to inject: ``EPLB_SIDECAR_FAULT``, or the content of the file that
-    ``EPLB_SIDECAR_FAULT_FILE`` names (tests write it into a pod's volume at run time)."""
-    path = os.environ.get(FAULT_FILE_ENV, "")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return ""
-    return os.environ.get(FAULT_ENV, "")
-
-
-def clear_fault() -> None:
-    """A fault that fires once removes its file (one given by environment stays)."""
-    path = os.environ.get(FAULT_FILE_ENV, "")
-    if path:
-        Path(path).unlink(missing_ok=True)
-
-
-def die_of_fault() -> None:
-    """An ``exit-…`` fault fires once: the restarted container starts without it."""
-    clear_fault()
-    os._exit(137)
-
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
@@ -97,25 +66,7 @@ METRICS_KEY = web.AppKey("metrics", SidecarMetrics)
 AUTH_KEY = web.AppKey("auth", Authenticator)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
 BODY_LIMIT_KEY = web.AppKey("body_limit", int)
-
-
-async def inject_fault(phase: str) -> None:
-    """Chaos testing (the demo's and tests' ``--fault``): ``EPLB_SIDECAR_FAULT`` names one.
-
-    ``exit-at-prepare``, ``exit-at-commit``: the process dies on receiving the call
-    (SIGKILL-like: no cleanup, no answer); ``exit-after-prepare``: it sends its whole answer
-    to a prepare, then dies (see :func:`_run`), so the operator's commit finds it gone;
-    ``delay-prepare=SECONDS``: every prepare first waits that long (a slow pod);
-    ``corrupt-send``, ``truncate-send``: see :func:`tamper_outgoing`.  Unset in production.
-    """
-    fault = current_fault()
-    if fault == f"exit-at-{phase}":
-        die_of_fault()
-    if fault.startswith(f"delay-{phase}="):
-        seconds = float(fault.split("=", 1)[1])
-        # Logged as it starts: a test can act while the call is in flight.
-        log.warning("fault injected: this %s waits %g s", phase, seconds)
-        await asyncio.sleep(seconds)
+HOOKS_KEY = web.AppKey("hooks", ControlHooks)
 
 
 # The HTTP status of each refusal: 400 the request can never succeed, 409 it does not fit
@@ -143,24 +94,6 @@ STATUS: dict[Reason, int] = {
 def refusal(refused: RefusedError) -> web.Response:
     """``refused`` as its HTTP status and Problem body."""
     return problem(STATUS[refused.reason], refused.reason.value, refused.message)
-
-
-def tamper_outgoing(payload: torch.Tensor) -> torch.Tensor:
-    """Chaos testing: what a faulty peer sends instead of ``payload`` (flat uint8, the
-    experts for one peer, already fingerprinted).  ``corrupt-send``: one bit of the first
-    expert flipped; ``truncate-send``: the last half of the payload dropped (gloo takes the
-    short message into the receiver's longer buffer without complaint).  Each fires once
-    (its file is removed), so the operator's retry finds a healthy peer.  Unset in
-    production: the payload goes as it is."""
-    fault = current_fault()
-    if fault not in ("corrupt-send", "truncate-send"):
-        return payload
-    clear_fault()
-    if fault == "truncate-send":
-        return payload[: payload.numel() // 2].clone()
-    corrupted = payload.clone()
-    corrupted[0] ^= 1
-    return corrupted
 
 
 def problem(status: int, reason: str, message: str) -> web.Response:
@@ -224,7 +157,8 @@ async def _parse(request: web.Request, model: type[RequestModel]) -> RequestMode
 
 async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web.Response:
     """Run one state-changing call: serialized, in a thread, counted and timed."""
-    await inject_fault(phase)
+    hooks = request.app[HOOKS_KEY]
+    await hooks.on_call(phase)
     metrics = request.app[METRICS_KEY]
     started = time.monotonic()
     try:
@@ -242,10 +176,11 @@ async def _run(request: web.Request, phase: str, call: Callable[[], Any]) -> web
                 metrics.bytes.labels(source="peer").inc(layer.bytes_peer)
                 metrics.bytes.labels(source="checkpoint").inc(layer.bytes_checkpoint)
     response = web.json_response(result.model_dump())
-    if current_fault() == f"exit-after-{phase}":
-        await response.prepare(request)  # the caller gets the whole answer, then we die
+    then = hooks.on_answered(phase)
+    if then is not None:
+        await response.prepare(request)  # the caller gets the whole answer first
         await response.write_eof()
-        die_of_fault()
+        then()
     return response
 
 
@@ -279,7 +214,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def control_app(
-    executor: ShuffleExecutor, metrics: SidecarMetrics, auth: Authenticator
+    executor: ShuffleExecutor,
+    metrics: SidecarMetrics,
+    auth: Authenticator,
+    hooks: ControlHooks | None = None,
 ) -> web.Application:
     limit = body_limit(executor.table.layout)
     app = web.Application(middlewares=[problems_only, require_token], client_max_size=limit)
@@ -288,6 +226,7 @@ def control_app(
     app[AUTH_KEY] = auth
     app[BODY_LIMIT_KEY] = limit
     app[LOCK_KEY] = asyncio.Lock()
+    app[HOOKS_KEY] = hooks if hooks is not None else ControlHooks()
     app.add_routes(
         [
             web.get(f"{API_PREFIX}/info", info),

@@ -113,9 +113,9 @@ class ShuffleExecutor:
         tamper: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """``table``: the pod's local tables (one ExpertTable: a pod of one rank).
-        ``tamper``: what fault injection does to each payload this pod sends, after its
-        fingerprints were taken (chaos tests: :func:`eplb_sidecar.server.tamper_outgoing`);
-        None sends it as it is.
+        ``tamper``: what a test harness does to each payload this pod sends, after its
+        fingerprints were taken (:meth:`eplb_sidecar.hooks.ControlHooks.outgoing`); None
+        sends it as it is.
 
         Everything below works on the pod as one member of its group (``self.tables.layout``:
         ``rank`` is the pod's index, ``slots_per_rank`` its ``K*S`` slots), so moves between

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.engine.verify import slot_weight_errors
 from eplb_sidecar.adapters.transformers.models import VOCAB, build_model
 from eplb_sidecar.adapters.transformers.options import Architecture, ModelShape
 from eplb_sidecar.adapters.transformers.prompts import probe_prompt, workload_batch
 from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.engine.verify import slot_weight_errors
 from eplb_sidecar.shuffle import ShuffleExecutor
 from tests.sidecar.test_executor import rebalanced
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.engine.verify import group_errors
 from eplb_local.world import LocalKube, World
 from eplb_operator.placement import Topology, plan
 from eplb_operator.workloads import zipf_load
 from eplb_sidecar.adapters.transformers.options import Architecture
-from eplb_sidecar.engine.reference import identity_placement
-from eplb_sidecar.engine.verify import group_errors
+from eplb_sidecar.engine.startup import identity_placement
 
 from .conftest import model_config, options
 

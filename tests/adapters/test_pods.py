@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.engine.verify import slot_weight_errors
+from eplb_local.launch import LocalGroup
 from eplb_sidecar.adapters.transformers.dispatch import assign_slots
 from eplb_sidecar.adapters.transformers.engine import TransformersEngine
 from eplb_sidecar.adapters.transformers.models import VOCAB, build_model
@@ -29,8 +31,6 @@ from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.routing import replica_table
-from eplb_sidecar.engine.verify import slot_weight_errors
-from eplb_sidecar.launch import LocalGroup
 
 from .conftest import (
     ARCHITECTURES,

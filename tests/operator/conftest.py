@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import torch
 
+from eplb_local.engine.verify import group_errors
 from eplb_local.world import LocalKube, World
 from eplb_operator.placement import Topology, plan
 from eplb_operator.workloads import zipf_load
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.engine.reference import identity_placement
-from eplb_sidecar.engine.verify import group_errors
+from eplb_sidecar.engine.startup import identity_placement
 from tests.conftest import unique_namespace
 
 APP = "moe"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from aiohttp import web
 
+from eplb_local.launch import free_port
 from eplb_local.world import World
 from eplb_operator.controller import kube
-from eplb_sidecar.launch import free_port
 
 from .conftest import (
     APP,

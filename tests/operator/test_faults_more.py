@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from eplb_local.kube.proxy import FaultyApiProxy
+from eplb_local.launch import free_port
 from eplb_local.world import World
 from eplb_local.world.world import OPERATOR_RELEASE, ServingPod
-from eplb_sidecar.launch import free_port
 
 from .conftest import (
     CONFIG,

@@ -16,7 +16,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from eplb_local.world import LocalKube, World
-from eplb_sidecar.engine.reference import identity_placement
+from eplb_sidecar.engine.startup import identity_placement
 from tests.conftest import unique_namespace
 
 from .conftest import (

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import torch
 
+from eplb_local.engine.verify import group_errors
+from eplb_local.launch import LocalGroup
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import (
@@ -27,8 +29,6 @@ from eplb_operator.controller.sessions import TransferSessions
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
-from eplb_sidecar.engine.verify import group_errors
-from eplb_sidecar.launch import LocalGroup
 
 from ..sidecar.test_executor import rebalanced
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.engine.verify import slot_weight_errors
 from eplb_sidecar.checkpoint import CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.engine.verify import slot_weight_errors
 
 
 def small_config(**changes: object) -> EngineConfig:

@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from eplb_local.engine.reference import ReferenceEngine
 from eplb_sidecar.auth import TokenFileAuth
 from eplb_sidecar.checkpoint import CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
-from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.server import control_app
 from eplb_sidecar.shuffle import ShuffleExecutor

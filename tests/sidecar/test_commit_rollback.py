@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.engine.reference import ReferenceEngine
 from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.checkpoint import CheckpointReader
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
-from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.refusals import CommitFailedError
 from eplb_sidecar.shuffle import ShuffleExecutor, StagedLayer
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.launch import LocalGroup
 from eplb_sidecar.api import CommitRequest, PrepareRequest, TransferGroup
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.launch import LocalGroup
 
 from .conftest import assert_slots_hold_their_experts
 from .test_multi_rank_pods import CONFIG as POD_CONFIG

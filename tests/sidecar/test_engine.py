@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.engine.reference import ReferenceEngine
 from eplb_sidecar.contract.layout import TableLayout
 from eplb_sidecar.contract.table import ExpertTable, TableNotReadyError
 from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeMismatchError, ProbeRequest, merge_probe_parts
-from eplb_sidecar.engine.reference import ReferenceEngine
 from eplb_sidecar.engine.routing import choose_slots, replica_table
 
 from .conftest import assert_slots_hold_their_experts

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
+from eplb_local.launch import LocalGroup
 from eplb_sidecar.api import PrepareRequest, TransferGroup
 from eplb_sidecar.client import SidecarClient, SidecarError
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.launch import LocalGroup
 
 from .conftest import assert_unchanged, snapshot
 from .control import raw_request

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from eplb_local.launch import LocalGroup
 from eplb_sidecar.api import CommitRequest, PrepareRequest, Result, TransferGroup
 from eplb_sidecar.client import SidecarClient
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.engine.reference import identity_placement
-from eplb_sidecar.launch import LocalGroup
+from eplb_sidecar.engine.startup import identity_placement
 
 from .conftest import assert_slots_hold_their_experts
 

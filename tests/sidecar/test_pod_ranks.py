@@ -10,12 +10,13 @@ import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from eplb_local.engine.reference import ReferenceEngine
 from eplb_sidecar.api import CommitRequest, PrepareRequest
 from eplb_sidecar.contract.pod import LayoutMismatchError, PodTables, local_table_dirs
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.probe import ProbeRequest, merge_probe_parts
-from eplb_sidecar.engine.reference import ReferenceEngine, identity_placement
+from eplb_sidecar.engine.startup import identity_placement
 from eplb_sidecar.exporter import SidecarMetrics
 from eplb_sidecar.refusals import EngineBusyError
 from eplb_sidecar.shuffle import ShuffleExecutor

@@ -20,6 +20,8 @@ import aiohttp
 import pytest
 import torch
 
+from eplb_local.faults import FAULT_FILE_ENV
+from eplb_local.launch import LocalGroup
 from eplb_local.world.endpoints import local_endpoints
 from eplb_operator.controller.endpoints import PodEndpoint
 from eplb_operator.controller.rollout import (
@@ -34,8 +36,6 @@ from eplb_sidecar.client import SidecarClient, SidecarError
 from eplb_sidecar.contract.table import ExpertTable
 from eplb_sidecar.engine.checkpoint import write_checkpoint
 from eplb_sidecar.engine.config import EngineConfig, Workload
-from eplb_sidecar.launch import LocalGroup
-from eplb_sidecar.server import FAULT_FILE_ENV
 
 from .conftest import assert_slots_hold_their_experts, assert_unchanged, snapshot
 

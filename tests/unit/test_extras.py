@@ -22,7 +22,14 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 OPERATOR = ["eplb_operator.controller.handlers", "eplb_operator.controller.stand_down"]
 SIDECAR = ["eplb_sidecar.cli"]  # eplb-sidecar
 PLAN = ["eplb_operator.cli.main"]  # eplb plan, eplb report
-LOCAL = ["eplb_local.cli.demo", "eplb_local.cli.cluster", "eplb_local.world"]
+# The last two the sidecar loads as entry points where the local tooling is installed.
+LOCAL = [
+    "eplb_local.cli.demo",
+    "eplb_local.cli.cluster",
+    "eplb_local.world",
+    "eplb_local.faults",
+    "eplb_local.engine.main",
+]
 ENTRY_POINTS = {
     "operator": OPERATOR,
     "sidecar": SIDECAR,

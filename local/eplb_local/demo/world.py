@@ -20,12 +20,12 @@ import torch
 from eplb_core.errors import InvalidInputError
 from eplb_local.demo.options import APP, NAMESPACE, DemoOptions, Fault
 from eplb_local.demo.options import PrometheusMode as Mode
+from eplb_local.engine.verify import group_errors
 from eplb_local.kube.api import Api
 from eplb_local.world import LocalKube, ServingPod, World
 from eplb_local.world.warm import warm_compile_cache
 from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.contract.table import ExpertTable
-from eplb_sidecar.engine.verify import group_errors
 
 VICTIM_RANK = 1  # the pod a fault hits
 

@@ -33,8 +33,8 @@ import yaml
 from eplb_local.kube import lws
 from eplb_local.kube.binaries import binary, lws_dir
 from eplb_local.kube.pki import ClusterPki, KeyPair, ensure_pki
+from eplb_local.launch import stop_processes
 from eplb_local.node.network import PodNetwork
-from eplb_sidecar.launch import stop_processes
 
 SERVICE_CIDR = "10.96.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from eplb_local.launch import LocalGroup
 from eplb_operator.controller.endpoints import PodEndpoint
-from eplb_sidecar.launch import LocalGroup
 
 
 def local_endpoints(group: LocalGroup) -> dict[str, dict[int, PodEndpoint]]:

@@ -415,7 +415,7 @@ class World:
 
     # -- faults --------------------------------------------------------------------------
     def inject(self, pod: ServingPod, fault: str) -> None:
-        """The sidecar of ``pod`` injects ``fault`` (see eplb_sidecar.server.inject_fault);
+        """The sidecar of ``pod`` injects ``fault`` (see eplb_local.faults);
         an ``exit-…`` fault fires once, a ``delay-…`` one until :meth:`clear`."""
         pod.faults_file.write_text(fault)
 

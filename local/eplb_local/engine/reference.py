@@ -19,11 +19,8 @@ from eplb_sidecar.engine.config import EngineConfig, Workload
 from eplb_sidecar.engine.probe import ProbeLayer, ProbePart, ProbeRequest
 from eplb_sidecar.engine.routing import choose_slots, gate, popularity_bias, replica_table
 from eplb_sidecar.engine.serving import serve_paced
-from eplb_sidecar.engine.startup import identity_placement, publish_start_up_table
+from eplb_sidecar.engine.startup import publish_start_up_table
 from eplb_sidecar.engine.weights import router_weights
-
-# identity_placement lives with the start-up table now; importers of this module keep it.
-__all__ = ["ReferenceEngine", "expert_ffn", "identity_placement"]
 
 
 def expert_ffn(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

@@ -27,12 +27,12 @@ from types import TracebackType
 
 import torch
 
+from eplb_local.engine.reference import ReferenceEngine
 from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.adapters.transformers.probe import LogitsProbe, merge_logits
 from eplb_sidecar.contract.pod import local_table_dirs
 from eplb_sidecar.engine.config import EngineConfig
 from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
-from eplb_sidecar.engine.reference import ReferenceEngine
 
 # Processes starting on a loaded 2-core CI machine (each imports torch) take minutes.
 START_TIMEOUT = 240.0
