@@ -7,8 +7,9 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# Only what the sidecar runs: the shared core and the sidecar (setuptools finds the packages
+# of the directories present; the operator's code stays out too).
 COPY core/ core/
-COPY operator/ operator/
 COPY sidecar/ sidecar/
 # PyPI's torch wheels carry the CUDA runtime and NCCL; the node supplies the driver.  The
 # `sidecar` extra only: no kopf, placement engine or Kubernetes client.

@@ -17,9 +17,13 @@ shift || true
 extras=("$@")
 [[ ${#extras[@]} -gt 0 ]] || extras=(operator sidecar plan demo)
 work="${TMPDIR:-/tmp}/eplb-extras"
-rm -rf "$work" && mkdir -p "$work/image" "$work/all"
-# What the Dockerfiles copy; the local tooling only where it runs (`plan`, `demo`).
+rm -rf "$work" && mkdir -p "$work/image" "$work/sidecar-image" "$work/all"
+# What the Dockerfiles copy (the sidecar's leaves operator/ out, unless REF's still copied
+# it); the local tooling only where it runs (`plan`, `demo`).
 git archive "$ref" pyproject.toml README.md core operator sidecar | tar -x -C "$work/image"
+sidecar_dirs=(core sidecar)
+grep -q '^COPY operator/' <(git show "$ref:docker/sidecar.Dockerfile") && sidecar_dirs+=(operator)
+git archive "$ref" pyproject.toml README.md "${sidecar_dirs[@]}" | tar -x -C "$work/sidecar-image"
 git archive "$ref" pyproject.toml README.md core operator sidecar local | tar -x -C "$work/all"
 uv=(.venv/bin/python -m uv)
 python="$(.venv/bin/python -c 'import sys; print(sys.executable)')"
@@ -69,6 +73,7 @@ for extra in "${extras[@]}"; do
     site="$(torch_venv "$venv")"
     src="$work/image"
     [[ "$name" == plan || "$name" == demo ]] && src="$work/all"
+    [[ "$name" == sidecar ]] && src="$work/sidecar-image"
     spec="$src"
     [[ -z "$extra" ]] || spec="$src[$extra]"
     "${uv[@]}" pip install --quiet --python "$venv/bin/python" "$spec"

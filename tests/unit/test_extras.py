@@ -96,6 +96,8 @@ def test_images_install_their_extra_and_no_local_tooling() -> None:
         text = (REPO / "docker" / f"{role}.Dockerfile").read_text()
         assert re.findall(r'pip install "?\.(\[\w+\])?"?$', text, re.MULTILINE) == [f"[{role}]"]
         assert not re.search(r"^COPY local", text, re.MULTILINE)
+    sidecar = (REPO / "docker" / "sidecar.Dockerfile").read_text()
+    assert re.findall(r"^COPY (\w+)/", sidecar, re.MULTILINE) == ["core", "sidecar"]
 
 
 def test_the_dev_extra_holds_every_role() -> None:
