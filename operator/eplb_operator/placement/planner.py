@@ -1,15 +1,17 @@
 """Decide, per layer, whether and how to change a placement: the policy's front door.
 
-Given a load window and (optionally) the placement in service, a plan:
-1. computes a fresh placement (``rebalance``) — the best balance on offer;
+Given a load window and (optionally) the placement in service, a plan (:func:`plan`):
+1. computes a fresh placement (``rebalance``) — the best balance on offer (:func:`_fresh`),
+   and aligns it to the placement in service so that it moves as few slots as it can
+   (:func:`_candidates`);
 2. gates each layer: unchanged load (similarity ≥ threshold), already close enough to the
    fresh balance (within ``slack``), or too little gain (< ``min_gain``) keep their placement;
 3. for the rest, chooses between the aligned fresh placement and the shortest prefix of an
    incremental search that reaches the fresh balance + ``slack``, whichever changes fewer
-   slots;
+   slots (2 and 3: :func:`_choose`);
 4. spends ``max_moves`` on the layers with the largest gain first; a layer that does not
-   fit whole takes the best prefix of its incremental path that does.
-Every layer's outcome is reported with its reason.
+   fit whole takes the best prefix of its incremental path that does (:func:`_spend_budget`).
+Every layer's outcome is reported with its reason (:class:`LayerPlan`).
 """
 
 from __future__ import annotations
@@ -84,14 +86,16 @@ def auto_slack(topology: Topology) -> float:
 
 @dataclass(frozen=True)
 class LayerPlan:
+    """One layer's outcome: what it balances at before and after, and why."""
+
     layer: int
     reason: LayerReason
-    imbalance_before: float
-    imbalance_after: float
+    imbalance_before: float  # of the placement in service (identity when there was none)
+    imbalance_after: float  # of the placement planned
     imbalance_fresh: float  # a fresh placement's imbalance, moves regardless
-    lower_bound: float
-    moves: int
-    similarity: float | None
+    lower_bound: float  # no placement of these slots balances better
+    moves: int  # slots whose expert changes (unused slots filled count)
+    similarity: float | None  # of its load to the reference load; None: not compared
 
     @property
     def updated(self) -> bool:
@@ -126,12 +130,35 @@ class Plan(Generic[ArrayT]):
         return float(np.mean([layer.imbalance_after for layer in self.layers]))
 
 
+@dataclass(frozen=True)
+class _Fresh:
+    """Step 1: the best balance on offer, moves regardless."""
+
+    placement: IntArray  # [L, P]
+    imbalance: FloatArray  # [L]
+    lower_bound: FloatArray  # [L]
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """What each layer may keep or take, against the placement in service ``served``."""
+
+    served: IntArray  # [L, P] in service, -1 where a slot is unused
+    kept: IntArray  # [L, P] ``served`` with its unused slots filled: what "keep" means
+    fills: IntArray  # [L] unused slots filled (moves every outcome pays)
+    imbalance_before: FloatArray  # [L] of ``served``
+    imbalance_kept: FloatArray  # [L] of ``kept``
+    aligned: IntArray  # [L, P] the fresh (or on-node) placement, aligned to ``kept``
+    aligned_moves: IntArray  # [L] slots ``aligned`` changes from ``served``
+    aligned_imbalance: FloatArray  # [L]
+
+
 @dataclass
 class _Choice:
-    placement: IntArray
+    placement: IntArray  # [P]
     moves: int
     imbalance: float
-    path: list[Waypoint]
+    path: list[Waypoint]  # the incremental search's waypoints, fewest moves first
 
 
 def plan(
@@ -148,114 +175,164 @@ def plan(
     options = options or PlanOptions()
     warm_up()  # compute_seconds counts computation, not numba loading its kernels
     started = time.perf_counter()
+    _validate(load, topology, previous, reference_load)
+    load_np = np.asarray(to_numpy(load), dtype=np.float64)
+    fresh = _fresh(load_np, topology, options)  # step 1
+    if previous is None:
+        identity = views.identity_placement(load_np.shape[0], topology)
+        return Plan(
+            placement=like(fresh.placement, load),
+            layers=_initial_report(load_np, topology, identity, fresh),
+            compute_seconds=time.perf_counter() - started,
+            load=load,
+            previous=like(identity, load),
+        )
+    served = np.asarray(to_numpy(previous), dtype=np.int64)
+    reference = (
+        None if reference_load is None else np.asarray(to_numpy(reference_load), dtype=np.float64)
+    )
+    hierarchical = resolve_mode(options.mode, topology) == "hierarchical"
+    slack = options.slack_for(topology)
+    candidates = _candidates(load_np, topology, served, fresh, hierarchical, slack)
+    similarity = load_similarity(load_np, reference).tolist() if reference is not None else None
+    budget = options.max_moves if options.max_moves is not None else np.iinfo(np.int64).max
+    # Filling unused slots is not optional: it comes out of the budget first.
+    budget = max(budget - int(candidates.fills.sum()), 0)
+    reasons, choices = _choose(  # steps 2 and 3
+        load_np, topology, candidates, similarity, options, hierarchical, slack, budget
+    )
+    result, moves, after = _spend_budget(candidates, choices, budget, options, reasons)  # step 4
+    for layer, reason in reasons.items():
+        if candidates.fills[layer] and reason not in (
+            LayerReason.UPDATED,
+            LayerReason.BUDGET_LIMITED,
+        ):
+            reasons[layer] = LayerReason.UNUSED_SLOTS_FILLED
+    layers = [
+        LayerPlan(
+            layer=layer,
+            reason=reasons[layer],
+            imbalance_before=float(candidates.imbalance_before[layer]),
+            imbalance_after=float(after[layer]),
+            imbalance_fresh=float(fresh.imbalance[layer]),
+            lower_bound=float(fresh.lower_bound[layer]),
+            moves=int(moves[layer]),
+            similarity=similarity[layer] if similarity is not None else None,
+        )
+        for layer in range(load_np.shape[0])
+    ]
+    return Plan(
+        placement=like(result, load),
+        layers=layers,
+        compute_seconds=time.perf_counter() - started,
+        load=load,
+        previous=previous,
+    )
+
+
+def _validate(
+    load: ArrayT, topology: Topology, previous: ArrayT | None, reference_load: ArrayT | None
+) -> None:
     views.validate_load(load, topology.num_experts)
-    num_layers = load.shape[0]
     if previous is not None:
         views.validate_previous(previous, topology)
-        if previous.shape[0] != num_layers:
+        if previous.shape[0] != load.shape[0]:
             raise InvalidInputError(
-                f"previous placement has {previous.shape[0]} layers, load has {num_layers}"
+                f"previous placement has {previous.shape[0]} layers, load has {load.shape[0]}"
             )
     if reference_load is not None:
         views.validate_load(reference_load, topology.num_experts)
 
-    load_np = np.asarray(to_numpy(load), dtype=np.float64)
-    fresh = fresh_placement(load_np, topology, options.mode)
-    fresh_imbalance = views.imbalance(load_np, fresh, topology.num_ranks)
-    bound = views.imbalance_lower_bound(load_np, topology)
 
-    if previous is None:
-        identity = views.identity_placement(num_layers, topology)
-        before = views.imbalance(load_np, identity, topology.num_ranks)
-        initial_moves = views.moves(identity, fresh)
-        layers = [
-            LayerPlan(
-                layer,
-                LayerReason.INITIAL,
-                float(before[layer]),
-                float(fresh_imbalance[layer]),
-                float(fresh_imbalance[layer]),
-                float(bound[layer]),
-                int(initial_moves[layer]),
-                None,
-            )
-            for layer in range(num_layers)
-        ]
-        return Plan(
-            like(fresh, load),
-            layers,
-            time.perf_counter() - started,
-            load,
-            like(identity, load),
+def _fresh(load_np: FloatArray, topology: Topology, options: PlanOptions) -> _Fresh:
+    """Step 1: a fresh placement of ``load_np`` ``[L, E]``, its balance and the bound."""
+    placement = fresh_placement(load_np, topology, options.mode)
+    return _Fresh(
+        placement=placement,
+        imbalance=views.imbalance(load_np, placement, topology.num_ranks),
+        lower_bound=views.imbalance_lower_bound(load_np, topology),
+    )
+
+
+def _initial_report(
+    load_np: FloatArray, topology: Topology, identity: IntArray, fresh: _Fresh
+) -> list[LayerPlan]:
+    """No placement in service: every layer takes the fresh one, from ``identity``."""
+    before = views.imbalance(load_np, identity, topology.num_ranks)
+    moves = views.moves(identity, fresh.placement)
+    return [
+        LayerPlan(
+            layer=layer,
+            reason=LayerReason.INITIAL,
+            imbalance_before=float(before[layer]),
+            imbalance_after=float(fresh.imbalance[layer]),
+            imbalance_fresh=float(fresh.imbalance[layer]),
+            lower_bound=float(fresh.lower_bound[layer]),
+            moves=int(moves[layer]),
+            similarity=None,
         )
-
-    reference = (
-        None if reference_load is None else np.asarray(to_numpy(reference_load), dtype=np.float64)
-    )
-    result, layers = _plan_against_previous(
-        load_np,
-        topology,
-        np.asarray(to_numpy(previous), dtype=np.int64),
-        reference,
-        options,
-        fresh,
-        fresh_imbalance,
-        bound,
-    )
-    return Plan(like(result, load), layers, time.perf_counter() - started, load, previous)
+        for layer in range(load_np.shape[0])
+    ]
 
 
-def _plan_against_previous(
+def _candidates(
     load_np: FloatArray,
     topology: Topology,
     served: IntArray,
-    reference_load: FloatArray | None,
-    options: PlanOptions,
-    fresh: IntArray,
-    fresh_imbalance: FloatArray,
-    bound: FloatArray,
-) -> tuple[IntArray, list[LayerPlan]]:
-    """``served`` ``[L, P]``: the placement in service, -1 where a slot is unused."""
-    num_layers = load_np.shape[0]
-    hierarchical = resolve_mode(options.mode, topology) == "hierarchical"
-    slack = options.slack_for(topology)
-    before = views.imbalance(load_np, served, topology.num_ranks)
-    similarity = (
-        load_similarity(load_np, reference_load).tolist() if reference_load is not None else None
-    )
+    fresh: _Fresh,
+    hierarchical: bool,
+    slack: float,
+) -> _Candidates:
+    """What keeping and what the fresh placement (aligned to what is kept, so that it moves
+    as few slots as it can) each cost and give, per layer."""
     # Every layer is planned from a full placement; filled slots count as moves.
-    previous_np = fill_unused_slots(served, load_np, topology, hierarchical)
-    fills = (previous_np != served).sum(axis=1)
-    kept_imbalance = views.imbalance(load_np, previous_np, topology.num_ranks)
-    aligned = align_to_previous(fresh, previous_np, topology)
+    kept = fill_unused_slots(served, load_np, topology, hierarchical)
+    aligned = align_to_previous(fresh.placement, kept, topology)
     aligned_moves = (aligned != served).sum(axis=1)
-    aligned_imbalance = fresh_imbalance.copy()
-    if (
-        hierarchical
-        and topology.num_nodes > 1
-        and groups_of_node_in(previous_np, topology) is not None
-    ):
+    aligned_imbalance = fresh.imbalance.copy()
+    if hierarchical and topology.num_nodes > 1 and groups_of_node_in(kept, topology) is not None:
         # Keeping every group on its node moves far fewer weights; take it per layer when it
         # balances within slack of the free optimum.
-        on_nodes = rebalance_within_nodes(load_np, previous_np, topology)
+        on_nodes = rebalance_within_nodes(load_np, kept, topology)
         on_nodes_imbalance = views.imbalance(load_np, on_nodes, topology.num_ranks)
-        on_nodes_aligned = align_to_previous(on_nodes, previous_np, topology)
+        on_nodes_aligned = align_to_previous(on_nodes, kept, topology)
         on_nodes_moves = (on_nodes_aligned != served).sum(axis=1)
-        better = (on_nodes_imbalance <= fresh_imbalance + slack) & (on_nodes_moves < aligned_moves)
+        better = (on_nodes_imbalance <= fresh.imbalance + slack) & (on_nodes_moves < aligned_moves)
         aligned[better] = on_nodes_aligned[better]
         aligned_moves[better] = on_nodes_moves[better]
         aligned_imbalance[better] = on_nodes_imbalance[better]
-    result = previous_np.copy()
-    budget = options.max_moves if options.max_moves is not None else np.iinfo(np.int64).max
-    # Filling unused slots is not optional: it comes out of the budget first.
-    budget = max(budget - int(fills.sum()), 0)
+    return _Candidates(
+        served=served,
+        kept=kept,
+        fills=(kept != served).sum(axis=1),
+        imbalance_before=views.imbalance(load_np, served, topology.num_ranks),
+        imbalance_kept=views.imbalance(load_np, kept, topology.num_ranks),
+        aligned=aligned,
+        aligned_moves=aligned_moves,
+        aligned_imbalance=aligned_imbalance,
+    )
 
+
+def _choose(
+    load_np: FloatArray,
+    topology: Topology,
+    candidates: _Candidates,
+    similarity: list[float] | None,
+    options: PlanOptions,
+    hierarchical: bool,
+    slack: float,
+    budget: int,
+) -> tuple[dict[int, LayerReason], dict[int, _Choice]]:
+    """Steps 2 and 3: the layers that keep their placement (with why), and for the others
+    the candidate that changes fewer slots: the aligned fresh placement, or the shortest
+    prefix of an incremental search from what is kept that reaches the same target."""
     reasons: dict[int, LayerReason] = {}
     choices: dict[int, _Choice] = {}
-    for layer in range(num_layers):
+    for layer in range(load_np.shape[0]):
         # Within slack of the balance the aligned candidate offers (itself within slack of a
         # fresh placement when it keeps groups on their nodes).
-        target = float(aligned_imbalance[layer]) + slack
+        target = float(candidates.aligned_imbalance[layer]) + slack
+        kept_imbalance = float(candidates.imbalance_kept[layer])
         if (
             similarity is not None
             and options.similarity_threshold is not None
@@ -263,39 +340,58 @@ def _plan_against_previous(
         ):
             reasons[layer] = LayerReason.LOAD_UNCHANGED
             continue
-        if float(kept_imbalance[layer]) <= target:
+        if kept_imbalance <= target:
             reasons[layer] = LayerReason.ALREADY_BALANCED
             continue
+        aligned_moves = int(candidates.aligned_moves[layer])
         path = search_path(
             load_np[layer],
-            previous_np[layer],
+            candidates.kept[layer],
             topology,
             target,
             hierarchical,
-            max_moves=int(min(aligned_moves[layer], budget + fills[layer])),
-            in_service=served[layer],
+            max_moves=int(min(aligned_moves, budget + candidates.fills[layer])),
+            in_service=candidates.served[layer],
         )
         reaching = [w for w in path if w.imbalance <= target]
-        if reaching and reaching[0].moves <= aligned_moves[layer]:
+        if reaching and reaching[0].moves <= aligned_moves:
             best = reaching[0]
             choice = _Choice(best.phy2log, best.moves, best.imbalance, path)
         else:
             choice = _Choice(
-                aligned[layer], int(aligned_moves[layer]), float(aligned_imbalance[layer]), path
+                candidates.aligned[layer],
+                aligned_moves,
+                float(candidates.aligned_imbalance[layer]),
+                path,
             )
-        if float(kept_imbalance[layer]) - choice.imbalance < options.min_gain:
+        if kept_imbalance - choice.imbalance < options.min_gain:
             reasons[layer] = LayerReason.GAIN_TOO_SMALL
             continue
         choices[layer] = choice
+    return reasons, choices
 
-    moves = fills.astype(np.int64)
-    after = kept_imbalance.copy()
+
+def _spend_budget(
+    candidates: _Candidates,
+    choices: dict[int, _Choice],
+    budget: int,
+    options: PlanOptions,
+    reasons: dict[int, LayerReason],
+) -> tuple[IntArray, IntArray, FloatArray]:
+    """Step 4: the chosen layers take their placement, largest gain first, while ``budget``
+    moves last; one that does not fit whole takes the best prefix of its path that does.
+    Records each chosen layer's reason; returns the placement ``[L, P]``, the moves ``[L]``
+    and the imbalance after ``[L]``."""
+    result = candidates.kept.copy()
+    moves = candidates.fills.astype(np.int64)
+    after = candidates.imbalance_kept.copy()
+    kept_imbalance = candidates.imbalance_kept
     # Largest gain first: when the budget runs short, the worst layers are fixed first.
     for layer in sorted(choices, key=lambda i: choices[i].imbalance - float(kept_imbalance[i])):
         choice = choices[layer]
         partial = None
         # The layer's own fills are already paid for.
-        allowed = budget + int(fills[layer])
+        allowed = budget + int(candidates.fills[layer])
         if choice.moves > allowed:
             fitting = [
                 w
@@ -311,24 +407,6 @@ def _plan_against_previous(
         result[layer] = choice.placement
         moves[layer] = choice.moves
         after[layer] = choice.imbalance
-        budget -= choice.moves - int(fills[layer])
+        budget -= choice.moves - int(candidates.fills[layer])
         reasons[layer] = LayerReason.BUDGET_LIMITED if partial is not None else LayerReason.UPDATED
-
-    for layer, reason in reasons.items():
-        if fills[layer] and reason not in (LayerReason.UPDATED, LayerReason.BUDGET_LIMITED):
-            reasons[layer] = LayerReason.UNUSED_SLOTS_FILLED
-
-    layers = [
-        LayerPlan(
-            layer,
-            reasons[layer],
-            float(before[layer]),
-            float(after[layer]),
-            float(fresh_imbalance[layer]),
-            float(bound[layer]),
-            int(moves[layer]),
-            similarity[layer] if similarity is not None else None,
-        )
-        for layer in range(num_layers)
-    ]
-    return result, layers
+    return result, moves, after
