@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eplb_operator.placement import Topology, rebalance, views
-from eplb_operator.placement.compiled import cardinality_bound, could_beat
+from eplb_operator.placement.compiled import cardinality_bound, could_beat, lightest_bin_ceiling
 from eplb_operator.placement.count_search import exhaustive_options
 from eplb_operator.placement.packing import pack
 from eplb_operator.placement.replication import expand_replicas, replicate
@@ -22,6 +22,16 @@ def best_packing(weights: np.ndarray, num_bins: int) -> float:
     for labels in itertools.product(range(num_bins), repeat=len(weights)):
         if all(labels.count(b) == per_bin for b in range(num_bins)):
             best = min(best, np.bincount(labels, weights=weights, minlength=num_bins).max())
+    return float(best)
+
+
+def heaviest_lightest_bin(weights: np.ndarray, num_bins: int) -> float:
+    """Lightest bin of the equal-cardinality packing whose lightest bin is heaviest."""
+    per_bin = len(weights) // num_bins
+    best = -np.inf
+    for labels in itertools.product(range(num_bins), repeat=len(weights)):
+        if all(labels.count(b) == per_bin for b in range(num_bins)):
+            best = max(best, np.bincount(labels, weights=weights, minlength=num_bins).min())
     return float(best)
 
 
@@ -39,6 +49,22 @@ def test_cardinality_bound_never_exceeds_the_optimum(
     assert bound <= best_packing(weights, num_bins) + 1e-9
     # And it is at least the classic bound (mean bin, heaviest item).
     assert bound >= max(weights.sum() / num_bins, weights[0]) - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([(2, 2), (2, 3), (3, 2), (2, 4), (4, 2)]),
+    st.lists(st.integers(0, 1000), min_size=8, max_size=8),
+)
+def test_lightest_bin_ceiling_is_never_below_any_packings_lightest_bin(
+    shape: tuple[int, int], values: list[int]
+) -> None:
+    """``could_beat`` rejects a candidate when this ceiling is under its window's floor:
+    every packing must then have a bin at most this heavy."""
+    num_bins, per_bin = shape
+    weights = np.sort(np.array(values[: num_bins * per_bin], dtype=np.float64))[::-1].copy()
+    ceiling = lightest_bin_ceiling(weights, num_bins)
+    assert ceiling >= heaviest_lightest_bin(weights, num_bins) - 1e-9
 
 
 @settings(max_examples=80, deadline=None)

@@ -226,6 +226,31 @@ def cardinality_bound(weights: FloatArray, num_bins: int) -> float:
 
 
 @numba.njit(cache=True, error_model="numpy")
+def lightest_bin_ceiling(weights: FloatArray, num_bins: int) -> float:
+    """Every packing of ``weights`` ``[n]`` (sorted heaviest first) into ``num_bins`` bins
+    of ``n/m`` items has a bin no heavier than this (``cardinality_bound`` mirrored).
+
+    Min over ``j = 0 … n/m − 1`` of: a bin holds ``j + 1`` of the ``j·m + 1`` lightest
+    items (pigeonhole) — at most the heaviest ``j + 1`` of them — plus at most the
+    ``n/m − j − 1`` heaviest items of all.  Under ``could_beat``'s window's floor, no
+    packing fits the window: a cheap answer to about one candidate in six it rejects on
+    Mixtral's shape, before its search.
+    """
+    num_items = weights.shape[0]
+    per_bin = num_items // num_bins
+    ceiling = np.inf
+    for j in range(per_bin):
+        top = num_items - 1 - j * num_bins  # position of the (j·m + 1)-th lightest item
+        value = 0.0
+        for i in range(top, top + j + 1):
+            value += weights[i]
+        for i in range(per_bin - j - 1):
+            value += weights[i]
+        ceiling = min(ceiling, value)
+    return float(ceiling)
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _refine_by_swaps(
     weights: FloatArray,
     content: IntArray,
@@ -555,27 +580,16 @@ def _try(
     floor: float,
     max_swaps: int,
     work: ProblemWorkspace,
-    order: IntArray,
 ) -> float:
     """Heaviest bin of ``option``'s packing (refined by at most ``max_swaps`` swaps), or
-    ``inf`` when it cannot beat ``best``: by its lower bound, or (exhaustive search) by
-    ``could_beat``.  ``share`` ``[n, K]``: load / k of each expert for ``k < K``.
-    ``order`` ``[T, 2]``: every (expert, count) heaviest replica first
-    (``_replica_order``), for the exhaustive search; ``[0, 2]`` for the local one.  Leaves
-    the packing in ``work.candidate_content`` over ``work.candidate`` (with ``order``, over
-    its weights only)."""
-    if order.shape[0] > 0:  # the weights only: the search keeps the counts, not the packing
-        _expand_in_order(option, share, order, work.candidate.weight)
-    else:
-        for e in range(option.shape[0]):
-            work.candidate.share[e] = share[e, option[e]]
-        _expand(option, work.candidate)
+    ``inf`` when its lower bound says it cannot beat ``best`` (the local search's step).
+    ``share`` ``[n, K]``: load / k of each expert for ``k < K``.  Leaves the packing in
+    ``work.candidate_content`` over ``work.candidate``."""
+    for e in range(option.shape[0]):
+        work.candidate.share[e] = share[e, option[e]]
+    _expand(option, work.candidate)
     weights = work.candidate.weight
     if cardinality_bound(weights, num_bins) >= best * (1 - IMPROVEMENT):
-        return np.inf
-    if order.shape[0] > 0 and not could_beat(
-        weights, num_bins, best, work.search_index, work.search_value
-    ):
         return np.inf
     return pack_sorted(
         weights,
@@ -614,13 +628,16 @@ def could_beat(
     # in another order than the packing must never make a fitting candidate look unfit.
     high = best * (1 - IMPROVEMENT) + 1e-9 * total
     low = total - (num_bins - 1) * high - 1e-9 * total
+    if lightest_bin_ceiling(weights, num_bins) < low:
+        return False  # some bin of every packing is under the window
     pick, cursor, used = index[0], index[1], index[2]  # per depth; per replica (0 / 1)
     tried, before = value[0], value[1]  # per depth: last weight tried, the bin's sum so far
     used[:num_items] = 0
-    depth, steps = 0, FEASIBILITY_STEPS
+    # ``slot`` (``depth % per_bin``) is kept up to date rather than divided for: an integer
+    # division costs as much as the rest of a step.
+    depth, slot, steps = 0, 0, FEASIBILITY_STEPS
     cursor[0], tried[0], before[0] = 0, -1.0, 0.0
     while True:
-        slot = depth % per_bin
         left = per_bin - slot - 1  # replicas the bin needs after this one
         chosen = -1
         if slot == 0:  # the heaviest replica left opens the bin: one choice only
@@ -665,6 +682,7 @@ def could_beat(
             depth -= 1
             if depth < 0:
                 return False
+            slot = slot - 1 if slot > 0 else per_bin - 1
             used[pick[depth]] = 0
             continue
         tried[depth] = weights[chosen]
@@ -674,6 +692,7 @@ def could_beat(
         used[chosen], pick[depth] = 1, chosen
         steps -= 1
         depth += 1
+        slot = 0 if left == 0 else slot + 1
         if depth == num_items or steps < 0:
             return True
         cursor[depth], tried[depth] = (0, -1.0) if left == 0 else (chosen + 1, -1.0)
@@ -711,21 +730,37 @@ def _exhaustive(
     bounds = np.empty(options.shape[0], dtype=np.float64)
     below = np.empty(options.shape[0], dtype=np.int64)
     num_below = 0
+    limit = heaviest * (1 - IMPROVEMENT)
     for c in range(options.shape[0]):
         bound = mean
         for e in range(num_items):
             bound = max(bound, share[e, options[c, e]])
-        if bound < heaviest * (1 - IMPROVEMENT):
+            if bound >= limit:
+                break  # out already: the rest of its bound changes nothing
+        if bound < limit:
             bounds[num_below] = bound
             below[num_below] = c
             num_below += 1
+    # The workspace's arrays, taken out once: passing the workspace to a helper per
+    # candidate costs more than the candidate's bounds (every array it holds is
+    # reference-counted on each call).
+    weights = work.candidate.weight
+    index, scratch = work.search_index, work.search_value
+    pack, content, loads = work.pack, work.candidate_content, work.candidate_loads
     best, best_option = heaviest, -1
-    for index in np.argsort(bounds[:num_below], kind="mergesort"):
-        if bounds[index] >= best * (1 - IMPROVEMENT):
+    for position in np.argsort(bounds[:num_below], kind="mergesort"):
+        limit = best * (1 - IMPROVEMENT)
+        if bounds[position] >= limit:
             break  # this and every later option: no packing can beat the best
-        c = below[index]
-        got = _try(share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work, order)
-        if got < best * (1 - IMPROVEMENT):
+        c = below[position]
+        _expand_in_order(options[c], share, order, weights)
+        # Packed only when neither its cardinality bound nor ``could_beat`` rules it out.
+        if cardinality_bound(weights, num_bins) >= limit:
+            continue
+        if not could_beat(weights, num_bins, best, index, scratch):
+            continue
+        got = pack_sorted(weights, num_bins, pack, content, loads, floor, MAX_REFINEMENT_SWAPS)
+        if got < limit:
             best, best_option = got, c
     if best_option >= 0:
         counts[:] = options[best_option]
@@ -755,7 +790,6 @@ def _local(
     num_items = load.shape[0]
     per_bin = content.shape[1]
     share = _share_table(load, work.replicas.expert.shape[0] - num_items + 1)
-    no_order = np.empty((0, 2), dtype=np.int64)  # candidates sorted one by one
     num_pairs = (DONORS + CROWDED_DONORS) * RECEIVERS
     options = np.empty((num_pairs, num_items), dtype=np.int64)
     estimates = np.empty(num_pairs, dtype=np.float64)
@@ -840,9 +874,7 @@ def _local(
         ranked = ranked[np.argsort(bounds[:found][ranked], kind="mergesort")]
         for start in range(0, found, CANDIDATES_PER_ROUND):
             for c in ranked[start : start + CANDIDATES_PER_ROUND]:
-                got = _try(
-                    share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work, no_order
-                )
+                got = _try(share, num_bins, options[c], best, floor, MAX_REFINEMENT_SWAPS, work)
                 if got < best * (1 - IMPROVEMENT):
                     best, best_option = got, c
                     bins[:] = work.candidate_content

@@ -14,8 +14,9 @@ the bound of any counts (mean bin, min-max hottest replica) by more than
   candidates, neighbourhood or placement-level local search) loses 0.3–3% of balance.
   So rather than ranking them, each candidate is first checked exactly
   (``compiled.could_beat``): near the best, every rank must land in a window a few
-  percent wide, and a small depth-first search over the replicas shows that no packing
-  of most candidates fits it.  Only the rest (3–10 per layer on Mixtral, from ~90) are
+  percent wide; a bound on the lightest rank (``compiled.lightest_bin_ceiling``) or a
+  small depth-first search over the replicas shows that no packing of most candidates
+  fits it.  Only the rest (3–10 per layer on Mixtral, from ~90) are
   packed; the result is the same as packing them all;
 - larger ones: rounds of moving one replica from a donor to a receiver, while they
   improve.  Receivers are the experts with the heaviest replicas *and the experts on the
