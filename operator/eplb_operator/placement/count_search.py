@@ -43,11 +43,20 @@ EXHAUSTIVE_LIMIT = 512
 
 def exhaustive_options(num_items: int, num_slots: int) -> IntArray:
     """``[C, n]``: every way to share ``num_slots`` over ``n`` experts (each ≥ 1) when there
-    are at most ``EXHAUSTIVE_LIMIT`` of them, else ``[0, n]`` (the local search is used)."""
+    are at most ``EXHAUSTIVE_LIMIT`` of them, else ``[0, n]`` (the local search is used).
+
+    Read-only either way: numba compiles (and a one-shot process loads from its cache) one
+    kernel per argument type, and a read-only array is another type than a writable one.
+    """
     extra = num_slots - num_items
     if comb(num_items + extra - 1, extra) > EXHAUSTIVE_LIMIT:
-        return np.empty((0, num_items), dtype=np.int64)
+        return _read_only(np.empty((0, num_items), dtype=np.int64))
     return _all_counts(num_items, extra)
+
+
+def _read_only(array: IntArray) -> IntArray:
+    array.flags.writeable = False
+    return array
 
 
 @functools.lru_cache(maxsize=16)
@@ -57,6 +66,4 @@ def _all_counts(num_items: int, extra: int) -> IntArray:
     for bars in itertools.combinations(range(extra + num_items - 1), num_items - 1):
         edges = (-1, *bars, extra + num_items - 1)
         options.append([edges[i + 1] - edges[i] for i in range(num_items)])
-    result = np.array(options, dtype=np.int64).reshape(-1, num_items)
-    result.flags.writeable = False
-    return result
+    return _read_only(np.array(options, dtype=np.int64).reshape(-1, num_items))
