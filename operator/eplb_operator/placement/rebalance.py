@@ -79,9 +79,15 @@ def warm_up(one_shot: bool = False) -> None:
 
     Call before timing a placement, so the one-off load is not counted as computation.
     ``one_shot``: in a process that only plans (``eplb plan``), skip numba's probes for
-    optional packages (``_without_numba_probes``).
+    optional packages (``_without_numba_probes``) and its registries of compilable
+    functions (``_cached_kernels_only``).
     """
-    with _without_numba_probes() if one_shot else contextlib.nullcontext():
+    with (
+        _without_numba_probes() if one_shot else contextlib.nullcontext(),
+        _cached_kernels_only() if one_shot else contextlib.nullcontext(),
+    ):
+        # Every kernel, with the argument types a plan passes (read-only options, as
+        # ``exhaustive_options`` gives for any problem): each type is another kernel to load.
         topology = Topology(8, 4, 3, num_nodes=2, num_groups=2)
         _hierarchical(np.arange(16.0).reshape(2, 8), topology)
         replicate(np.ones((1, 2)), 3)
@@ -115,6 +121,40 @@ def _without_numba_probes() -> Iterator[None]:
         for name in blocked:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
+
+
+@contextlib.contextmanager
+def _cached_kernels_only() -> Iterator[None]:
+    """Load kernels from numba's on-disk cache without first loading what compiling needs.
+
+    Before each load, numba refreshes its typing and lowering contexts: it imports and
+    registers every function it can compile (linear algebra, random generators, typed
+    containers, …), a third of a second of a one-shot ``eplb plan`` that compiles nothing.
+    A cached kernel needs only numba's runtime (memory management), started here instead.
+    A kernel missing from the cache is still compiled as usual (compiling refreshes the
+    contexts itself).  Left as numba does it where its internals differ from these.
+    """
+    from numba.core import caching
+    from numba.core.runtime import nrt
+
+    original = caching.Cache.load_overload
+    load = getattr(caching.Cache, "_load_overload", None)
+    guard = getattr(caching.Cache, "_guard_against_spurious_io_errors", None)
+    if load is None or guard is None or not hasattr(nrt, "rtsys"):
+        yield  # another numba version: its own loading
+        return
+
+    def load_overload(self: caching.Cache, sig: object, target_context: object) -> object:
+        nrt.rtsys.initialize(target_context)
+        with guard(self):
+            return load(self, sig, target_context)
+        return None  # an I/O error the guard swallowed: the kernel is compiled instead
+
+    setattr(caching.Cache, "load_overload", load_overload)  # noqa: B010  # mypy: no method-assign
+    try:
+        yield
+    finally:
+        setattr(caching.Cache, "load_overload", original)  # noqa: B010
 
 
 def rebalance_within_nodes(load: FloatArray, previous: IntArray, topology: Topology) -> IntArray:
