@@ -84,7 +84,7 @@ def test_could_beat_is_false_only_when_no_packing_beats_the_best(
     optimum = best_packing(weights, num_bins)
     best = optimum * margin
     index = np.empty((3, len(weights)), dtype=np.int64)
-    value = np.empty((2, len(weights)), dtype=np.float64)
+    value = np.empty((5, len(weights)), dtype=np.float64)
     answer = could_beat(weights, num_bins, best, index, value)
     if optimum < best * (1 - 1e-12):
         assert answer

@@ -435,7 +435,7 @@ class ProblemWorkspace(NamedTuple):
     candidate_content: IntArray  # [m, P/m] a candidate's bins
     candidate_loads: FloatArray  # [m]
     search_index: IntArray  # [3, P] scratch of ``could_beat``
-    search_value: FloatArray  # [2, P]
+    search_value: FloatArray  # [5, P]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -459,7 +459,7 @@ def new_problem_workspace(num_items: int, num_slots: int, num_bins: int) -> Prob
         np.empty((num_bins, num_slots // num_bins), dtype=np.int64),
         np.empty(num_bins, dtype=np.float64),
         np.empty((3, num_slots), dtype=np.int64),
-        np.empty((2, num_slots), dtype=np.float64),
+        np.empty((5, num_slots), dtype=np.float64),
     )
 
 
@@ -614,10 +614,11 @@ def could_beat(
     depth-first search fills bins one by one, each opened with the heaviest replica left
     (so no packing is visited twice), adding replicas in weight order, skipping one equal
     to the last tried (the same state again) and cutting a bin whose lightest completion
-    is too heavy or heaviest too light.  Problems over ``FEASIBILITY_ITEMS`` replicas, or
-    searches past ``FEASIBILITY_STEPS``, answer True (the candidate is packed as before).
-    Iterative: numba's cache breaks recursive functions.  ``index`` ``[3, ≥ n]`` and
-    ``value`` ``[2, ≥ n]`` are scratch.
+    is too heavy or heaviest too light.  Each bin's window narrows with the load left for
+    the bins still open: each of them below ``best`` and above the window's floor.
+    Problems over ``FEASIBILITY_ITEMS`` replicas, or searches past ``FEASIBILITY_STEPS``,
+    answer True (the candidate is packed as before).  Iterative: numba's cache breaks
+    recursive functions.  ``index`` ``[3, ≥ n]`` and ``value`` ``[5, ≥ n]`` are scratch.
     """
     num_items = weights.shape[0]
     if num_items > FEASIBILITY_ITEMS or num_bins == 1:
@@ -626,17 +627,21 @@ def could_beat(
     total = weights.sum()
     # Below ``best`` as ``_exhaustive`` accepts it, widened by a rounding margin: summing
     # in another order than the packing must never make a fitting candidate look unfit.
-    high = best * (1 - IMPROVEMENT) + 1e-9 * total
-    low = total - (num_bins - 1) * high - 1e-9 * total
+    margin = 1e-9 * total
+    high = best * (1 - IMPROVEMENT) + margin
+    low = total - (num_bins - 1) * high - margin
     if lightest_bin_ceiling(weights, num_bins) < low:
         return False  # some bin of every packing is under the window
     pick, cursor, used = index[0], index[1], index[2]  # per depth; per replica (0 / 1)
     tried, before = value[0], value[1]  # per depth: last weight tried, the bin's sum so far
+    # Per depth: the load of the closed bins and the window of the bin being filled.
+    placed, floor_at, ceiling_at = value[2], value[3], value[4]
     used[:num_items] = 0
-    # ``slot`` (``depth % per_bin``) is kept up to date rather than divided for: an integer
-    # division costs as much as the rest of a step.
-    depth, slot, steps = 0, 0, FEASIBILITY_STEPS
-    cursor[0], tried[0], before[0] = 0, -1.0, 0.0
+    # ``slot`` (``depth % per_bin``) and ``open_bins`` (bins not closed yet) are kept up to
+    # date rather than divided for: an integer division costs as much as the rest of a step.
+    depth, slot, steps, open_bins = 0, 0, FEASIBILITY_STEPS, num_bins
+    cursor[0], tried[0], before[0], placed[0] = 0, -1.0, 0.0, 0.0
+    floor_at[0], ceiling_at[0] = _bin_window(total, num_bins, low, high, margin)
     while True:
         left = per_bin - slot - 1  # replicas the bin needs after this one
         chosen = -1
@@ -662,7 +667,7 @@ def could_beat(
                 if found < left:
                     i = num_items  # too few replicas after i to close the bin
                     break
-                if before[depth] + weights[i] + lightest >= high:
+                if before[depth] + weights[i] + lightest >= ceiling_at[depth]:
                     i += 1  # too heavy; a lighter replica may fit
                     continue
                 # Heaviest completion: the next ``left`` free replicas after i.
@@ -672,7 +677,7 @@ def could_beat(
                         heaviest += weights[j]
                         found += 1
                     j += 1
-                if before[depth] + weights[i] + heaviest < low:
+                if before[depth] + weights[i] + heaviest < floor_at[depth]:
                     i = num_items  # too light, and every later replica is lighter still
                     break
                 chosen = i
@@ -682,12 +687,14 @@ def could_beat(
             depth -= 1
             if depth < 0:
                 return False
+            if slot == 0:
+                open_bins += 1  # back into the bin before
             slot = slot - 1 if slot > 0 else per_bin - 1
             used[pick[depth]] = 0
             continue
         tried[depth] = weights[chosen]
         load = before[depth] + weights[chosen]
-        if left == 0 and (load < low or load >= high):
+        if left == 0 and (load < floor_at[depth] or load >= ceiling_at[depth]):
             continue
         used[chosen], pick[depth] = 1, chosen
         steps -= 1
@@ -697,6 +704,25 @@ def could_beat(
             return True
         cursor[depth], tried[depth] = (0, -1.0) if left == 0 else (chosen + 1, -1.0)
         before[depth] = 0.0 if left == 0 else load
+        placed[depth] = placed[depth - 1] + weights[chosen]
+        if left == 0:  # a bin closed: the next one's window, from the load left
+            open_bins -= 1
+            floor_at[depth], ceiling_at[depth] = _bin_window(
+                total - placed[depth], open_bins, low, high, margin
+            )
+        else:
+            floor_at[depth], ceiling_at[depth] = floor_at[depth - 1], ceiling_at[depth - 1]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _bin_window(
+    rest: float, open_bins: int, low: float, high: float, margin: float
+) -> tuple[float, float]:
+    """``[floor, ceiling)`` of the next bin's load when ``rest`` is left for ``open_bins``
+    bins, each in ``[low, high)``: the others take less than ``high`` each and at least
+    ``low`` each (widened by ``margin``, as ``low`` and ``high`` are, for rounding)."""
+    others = open_bins - 1
+    return max(low, rest - others * high - margin), min(high, rest - others * low + margin)
 
 
 @numba.njit(cache=True, error_model="numpy")
