@@ -253,6 +253,13 @@ def speed_rows(policy: type, repeats: int) -> list[list[str]]:
     return rows
 
 
+# What any `eplb plan` imports before it does anything of its own: the floor of its wall time
+# on this machine, whatever the project's code does.
+FLOOR_MODULES = ("numpy", "numba", "pydantic", "typer", "yaml")
+FLOOR_IMPORTS = "import " + ", ".join(FLOOR_MODULES)
+FLOOR_NAMES = ", ".join(f"`{name}`" for name in FLOOR_MODULES)
+
+
 def one_shot_rows(runs: int) -> list[list[str]]:
     """``eplb plan`` on the DeepSeek-V3 example as a user runs it, and its phases: as this
     environment runs Python (``PYTHONDONTWRITEBYTECODE`` set and no compiled bytecode in
@@ -267,9 +274,10 @@ def one_shot_rows(runs: int) -> list[list[str]]:
             "PYTHONPYCACHEPREFIX": str(peers.CACHE / "pycache"),
         },
     }
-    results: dict[str, tuple[list[float], list[dict[str, float]]]] = {}
+    results: dict[str, tuple[list[float], list[float], list[dict[str, float]]]] = {}
+    floors: dict[str, list[float]] = {}
     for label, env in environments.items():
-        walls, cpus, phases = [], [], []
+        walls, cpus, phases, floor = [], [], [], []
         for attempt in range(runs + 1):  # the first run with bytecode fills the cache
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
@@ -289,17 +297,24 @@ def one_shot_rows(runs: int) -> list[list[str]]:
                 text=True,
                 env=env,
             )
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", FLOOR_IMPORTS], check=True, env=env)
+            floor_wall = time.perf_counter() - started
             if attempt:
                 walls.append(wall)
                 cpus.append(cpu)
                 phases.append(json.loads(child.stdout.splitlines()[-1]))
+                floor.append(floor_wall)
         results[label] = (walls, cpus, phases)
+        floors[label] = floor
     output.unlink(missing_ok=True)
     rows = [
         ["`eplb plan` wall (process start to exit)"]
         + [f"{statistics.median(walls):.2f} s" for walls, _, _ in results.values()],
         ["`eplb plan` CPU (user + system)"]
         + [f"{statistics.median(cpus):.2f} s" for _, cpus, _ in results.values()],
+        ["floor: a process that only imports " + FLOOR_NAMES + " (wall)"]
+        + [f"{statistics.median(floor):.2f} s" for floor in floors.values()],
     ]
     for name in results["as run here"][2][0]:
         values = [[p[name] for p in phases] for _, _, phases in results.values()]
