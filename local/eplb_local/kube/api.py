@@ -1,24 +1,36 @@
-"""Plain HTTPS to a Kubernetes API, as any client speaks it: JSON in, JSON out.
+"""The tooling's synchronous face of the project's one Kubernetes client: raw paths, JSON in
+and out.
 
-The tooling's one client (tests, the node agent, the demo); the operator has its own
-(``eplb_operator.controller.kube``). Credentials come from a kubeconfig: the CA, and a
-client certificate or a bearer token (``token`` or ``tokenFile``).
+Tests, the node agent, the world builder and the demo are synchronous (threads, no event
+loop), so ``Api`` runs one kubernetes_asyncio ``ApiClient``, built by
+``eplb_operator.controller.kube.api_client`` from a kubeconfig (its loader reads the CA,
+client certificate and token), on an event loop in a daemon thread of its own, and hands
+each call to that loop.  Any thread may call; connections are kept alive between calls.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
-import ssl
-import tempfile
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
+import weakref
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
-import yaml
+import aiohttp
+from kubernetes_asyncio import client
+
+from eplb_operator import __version__
+from eplb_operator.controller.kube import api_client
+
+TIMEOUT = 30.0  # seconds per request, connecting and reading the whole reply included
+USER_AGENT = f"eplb-local/{__version__}"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,70 +48,43 @@ class ApiError(RuntimeError):
         self.reply = reply
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """Where to connect and who we are, read from a kubeconfig's current context."""
-
-    server: str
-    context: ssl.SSLContext | None
-    token: str | None
-    namespace: str
-
-    @classmethod
-    def from_kubeconfig(cls, path: Path) -> Credentials:
-        config = yaml.safe_load(path.read_text())
-        current = next(c for c in config["contexts"] if c["name"] == config["current-context"])
-        context = current["context"]
-        cluster = next(c for c in config["clusters"] if c["name"] == context["cluster"])["cluster"]
-        user = next(u for u in config["users"] if u["name"] == context["user"])["user"]
-        server = str(cluster["server"]).rstrip("/")
-        tls = None
-        if server.startswith("https"):
-            tls = ssl.create_default_context()
-            if "certificate-authority-data" in cluster:
-                tls.load_verify_locations(
-                    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
-                )
-            elif "certificate-authority" in cluster:
-                tls.load_verify_locations(cafile=cluster["certificate-authority"])
-            if "client-certificate-data" in user:
-                # ssl loads a certificate chain from files only: a private copy, 0600.
-                with tempfile.TemporaryDirectory() as scratch:
-                    cert, key = Path(scratch) / "client.crt", Path(scratch) / "client.key"
-                    cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
-                    key.touch(mode=0o600)
-                    key.write_bytes(base64.b64decode(user["client-key-data"]))
-                    tls.load_cert_chain(str(cert), str(key))
-        token = user.get("token")
-        if token is None and "tokenFile" in user:
-            token = Path(user["tokenFile"]).read_text().strip()
-        return cls(server, tls, token, str(context.get("namespace", "default")))
-
-
 class Api:
-    """Plain HTTPS to the cluster, as any Kubernetes client would speak it."""
+    """``with Api(kubeconfig) as api:`` — the cluster that ``kubeconfig`` names, as its user.
+
+    ``call`` returns every reply the server gives, 2xx or not; a request that gets none
+    (the server unreachable, the connection lost, no reply in ``TIMEOUT``) raises an
+    ``OSError``, as a socket's failure does."""
 
     def __init__(self, kubeconfig: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.credentials = Credentials.from_kubeconfig(kubeconfig)
-        self.url = self.credentials.server
+        self._loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=self._loop.run_forever, name="kube-api", daemon=True)
+        thread.start()
+        try:
+            self._client = self._run(api_client(kubeconfig, USER_AGENT))
+        except BaseException:
+            _stop(self._loop, thread, None)
+            raise
+        # Closed by close(), or when the object is collected or the interpreter exits.
+        self._close = weakref.finalize(self, _stop, self._loop, thread, self._client)
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def call(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> Reply:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", content_type)
-        request.add_header("Accept", "application/json")
-        if self.credentials.token:
-            request.add_header("Authorization", f"Bearer {self.credentials.token}")
-        try:
-            with urllib.request.urlopen(
-                request, timeout=30, context=self.credentials.context
-            ) as response:
-                return Reply(response.status, _json(response.read()))
-        except urllib.error.HTTPError as error:
-            return Reply(error.code, _json(error.read()))
+        return self._run(self._request(method, path, body, content_type))
 
     def get(self, path: str, **query: str) -> Reply:
         if query:
@@ -129,6 +114,40 @@ class Api:
         if not 200 <= reply.code < 300:
             raise ApiError(method, path, reply)
         return reply.body
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _request(self, method: str, path: str, body: Any, content_type: str) -> Reply:
+        try:
+            # Left unread (_preload_content=False), a reply comes back whatever its status;
+            # read by the client, anything but a 2xx would be raised as an ApiException.
+            response = await self._client.call_api(
+                path,
+                method,
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=TIMEOUT,
+            )
+            async with response:
+                return Reply(response.status, _json(await response.read()))
+        except aiohttp.ClientError as error:
+            if isinstance(error, OSError):  # refused, reset, timed out: already one
+                raise
+            raise ConnectionError(f"{method} {path}: {error!r}") from error
+
+
+def _stop(
+    loop: asyncio.AbstractEventLoop, thread: threading.Thread, api: client.ApiClient | None
+) -> None:
+    """Close ``api``'s connections, then stop its loop and thread."""
+    if api is not None:
+        asyncio.run_coroutine_threadsafe(api.close(), loop).result(TIMEOUT)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
 
 
 def _json(raw: bytes) -> Any:

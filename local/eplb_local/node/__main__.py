@@ -25,9 +25,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     network = PodNetwork(arguments.pod_network)
-    NodeAgent(Api(arguments.kubeconfig), arguments.root, arguments.apiserver_port, network).run(
-        stop
-    )
+    with Api(arguments.kubeconfig) as api:
+        NodeAgent(api, arguments.root, arguments.apiserver_port, network).run(stop)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ class LocalKube:
                 "/api/v1/namespaces/default/serviceaccounts/default").code == 200, 60,
                 "the default ServiceAccount")  # fmt: skip
         except BaseException:
-            self.plane.__exit__(None, None, None)
+            self.__exit__(None, None, None)
             raise
         return self
 
@@ -61,6 +61,8 @@ class LocalKube:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.api is not None:
+            self.api.close()
         if self.plane is not None:
             self.plane.__exit__(kind, error, tb)
 

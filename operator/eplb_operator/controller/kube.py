@@ -1,13 +1,16 @@
 """The Kubernetes reads and writes the operator makes, through kubernetes_asyncio.
 
 Every verb on every resource the operator touches is here (kopf's own watching, finalizers,
-annotations and Events aside), so its RBAC can be read off one file.
+annotations and Events aside), so its RBAC can be read off one file.  ``api_client`` is the
+project's one Kubernetes client: the local tooling's synchronous facade
+(``eplb_local.kube.api``) runs one too, configured by the same ``load_configuration``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -35,17 +38,32 @@ def in_cluster_server(environ: Mapping[str, str]) -> str | None:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-async def api_client() -> client.ApiClient:
-    """A client for the cluster we run in, or the one KUBECONFIG names."""
+async def load_configuration(kubeconfig: Path | None = None) -> client.Configuration:
+    """Where the API server is and who we are, for every Kubernetes client of the project:
+    the kubeconfig at ``kubeconfig`` when given, else the pod we run in (its ServiceAccount),
+    else the kubeconfig KUBECONFIG names.  kubernetes_asyncio's loaders read the CA, client
+    certificates and tokens (``token`` or ``tokenFile``)."""
     configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        await config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-        )
-    api = client.ApiClient(configuration=configuration)
-    api.user_agent = USER_AGENT  # names the operator in API audit logs
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return configuration
+        except ConfigException:
+            pass
+    await config.load_kube_config(
+        config_file=os.environ.get("KUBECONFIG") if kubeconfig is None else str(kubeconfig),
+        client_configuration=configuration,
+    )
+    return configuration
+
+
+async def api_client(
+    kubeconfig: Path | None = None, user_agent: str = USER_AGENT
+) -> client.ApiClient:
+    """A client for ``load_configuration(kubeconfig)``, naming itself ``user_agent`` in the API
+    server's audit log."""
+    api = client.ApiClient(configuration=await load_configuration(kubeconfig))
+    api.user_agent = user_agent
     return api
 
 
