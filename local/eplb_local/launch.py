@@ -15,12 +15,10 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +26,7 @@ from types import TracebackType
 import torch
 
 from eplb_local.engine.reference import ReferenceEngine
+from eplb_local.processes import stop_processes
 from eplb_sidecar.adapters.transformers.options import TransformersOptions
 from eplb_sidecar.adapters.transformers.probe import LogitsProbe, merge_logits
 from eplb_sidecar.contract.pod import local_table_dirs
@@ -36,25 +35,6 @@ from eplb_sidecar.engine.probe import ProbePart, ProbeRequest, merge_probe_parts
 
 # Processes starting on a loaded 2-core CI machine (each imports torch) take minutes.
 START_TIMEOUT = 240.0
-
-
-def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
-    """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

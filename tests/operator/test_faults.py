@@ -10,7 +10,7 @@ import pytest
 import torch
 from aiohttp import web
 
-from eplb_local.launch import free_port
+from eplb_local.processes import free_port
 from eplb_local.world import World
 from eplb_operator.controller import kube
 

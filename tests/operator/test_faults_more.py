@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from eplb_local.kube.proxy import FaultyApiProxy
-from eplb_local.launch import free_port
+from eplb_local.processes import free_port
 from eplb_local.world import World
 from eplb_local.world.world import OPERATOR_RELEASE, ServingPod
 

@@ -16,7 +16,7 @@ import yaml
 
 from eplb_local.kube import api as kube_api
 from eplb_local.kube.api import Api, ApiError
-from eplb_local.launch import free_port
+from eplb_local.processes import free_port
 
 seen: list[dict[str, Any]] = []
 

@@ -1,5 +1,3 @@
-"""A real Kubernetes control plane on localhost: etcd, kube-apiserver, kube-controller-manager."""
-
-from eplb_local.kube.control_plane import ControlPlane
-
-__all__ = ["ControlPlane"]
+"""A real Kubernetes control plane on localhost (``control_plane``), the tooling's client
+(``api``), and the LeaderWorkerSet controller (``lws``).  Nothing is imported here, so the
+node agent, which needs only the client, loads no more than that."""

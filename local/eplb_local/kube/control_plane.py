@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -33,8 +31,8 @@ import yaml
 from eplb_local.kube import lws
 from eplb_local.kube.binaries import binary, lws_dir
 from eplb_local.kube.pki import ClusterPki, KeyPair, ensure_pki
-from eplb_local.launch import stop_processes
 from eplb_local.node.network import PodNetwork
+from eplb_local.processes import free_port, stop_processes
 
 SERVICE_CIDR = "10.96.0.0/16"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -54,12 +52,6 @@ AUDIT_POLICY = {
 # Every on-by-default controller but two: node IPAM needs a pod network, and node lifecycle
 # would evict every pod when a heartbeat of the node agent is late on a loaded 2-core box.
 CONTROLLERS = "*,-node-ipam-controller,-node-lifecycle-controller"
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def kubeconfig(

@@ -21,7 +21,7 @@ from types import TracebackType
 import yaml
 
 from eplb_local.kube.api import Api
-from eplb_local.launch import free_port, stop_processes
+from eplb_local.processes import free_port, stop_processes
 
 
 class PrometheusMissingError(FileNotFoundError):
