@@ -1,7 +1,7 @@
 """Soak: many rebalances under continuous inference, with components killed along the way.
 
     python benchmarks/soak.py                      # 1000 rebalances, writes results/soak.md
-    python benchmarks/soak.py --rebalances 1000 --kill-every 2 --max-minutes 1.25  # CI size
+    python benchmarks/soak.py --rebalances 12 --kill-every 2 --max-minutes 8  # CI size
 
 A group of reference engines (real processes) serves tokens all the time; every rebalance
 shifts the workload's skew (a new expert popularity order), measures the load window from
