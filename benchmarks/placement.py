@@ -255,7 +255,7 @@ def speed_rows(policy: type, repeats: int) -> list[list[str]]:
 
 # What any `eplb plan` imports before it does anything of its own: the floor of its wall time
 # on this machine, whatever the project's code does.
-FLOOR_MODULES = ("numpy", "numba", "pydantic", "typer", "yaml")
+FLOOR_MODULES = ("numpy", "pydantic", "typer", "yaml", "celpy")
 FLOOR_IMPORTS = "import " + ", ".join(FLOOR_MODULES)
 FLOOR_NAMES = ", ".join(f"`{name}`" for name in FLOOR_MODULES)
 
@@ -318,7 +318,7 @@ def one_shot_rows(runs: int) -> list[list[str]]:
     ]
     for name in results["as run here"][2][0]:
         values = [[p[name] for p in phases] for _, _, phases in results.values()]
-        if name.startswith("torch imported"):
+        if "(1 = yes)" in name:
             rows.append([name] + ["yes" if any(v) else "no" for v in values])
         else:
             rows.append([name] + [f"{statistics.median(v) * 1e3:.0f} ms" for v in values])

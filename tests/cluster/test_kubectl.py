@@ -151,3 +151,39 @@ def test_the_status_subresource_ignores_spec_and_the_main_resource_ignores_statu
     body = api.get(path).body
     assert body["spec"]["rollout"]["layersPerStep"] == 4 and body["status"]["phase"] == "X"
     assert json.dumps(body)  # a plain JSON object
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "message"),
+    [
+        ({"layerIds": [3, 4, 5, 6]}, None, None),
+        ({"layerIds": [3, 4, 5, 6], "hiddenLayers": 7}, None, None),
+        ({"layerIds": list(range(1024 - 4, 1024)), "hiddenLayers": 1024}, None, None),
+        ({"layerIds": [3, 5, 4, 6]}, "spec.model", "must be in increasing order"),
+        ({"layerIds": [3, 3, 4, 5]}, "spec.model.layerIds[1]", "Duplicate value: 3"),
+        ({"layerIds": [3, 4, 5]}, "spec.model", "one engine layer id per MoE layer"),
+        ({"layerIds": [3, 4, 5, 6], "hiddenLayers": 6}, "spec.model", "hiddenLayers counts every"),
+        ({"hiddenLayers": 3}, "spec.model", "hiddenLayers counts every"),
+    ],
+)
+def test_the_server_and_our_validation_agree_on_layer_ids(
+    api: Api, namespace: str, model: dict[str, object], field: str | None, message: str | None
+) -> None:
+    """The CRD's rules on spec.model's layers, as the real API server applies them (its CEL
+    list library's isSorted() and max(), the set list type) and as `eplb` and the models
+    check them (api.validation): same verdict, same field, same message."""
+    from eplb_operator.api.validation import openapi_schema, validate
+
+    crd = yaml.safe_load((REPO / "crds" / "expertplacements.eplb.io.yaml").read_text())
+    manifest = placement(model={"layers": 4, "experts": 16, **model})
+    manifest["metadata"]["namespace"] = namespace
+    reply = api.call("POST", f"{xpl_path(namespace)}?dryRun=All", manifest)
+    ours = validate(openapi_schema(crd), manifest)
+    if field is None:
+        assert reply.code == 201, reply.body
+        assert ours == []
+        return
+    assert reply.code == 422, reply.body
+    causes = reply.body["details"]["causes"]
+    assert [(cause["field"], message in cause["message"]) for cause in causes] == [(field, True)]
+    assert [(v.field, message in v.message) for v in ours] == [(field, True)]

@@ -54,8 +54,7 @@ def test_engine_layer_ids_are_accepted(model: dict[str, Any]) -> None:
     ("model", "message"),
     [
         ({"layers": 3, "layerIds": [3, 4]}, "one engine layer id per MoE layer"),
-        ({"layers": 3, "layerIds": [3, 5, 4]}, "must be strictly increasing"),
-        ({"layers": 3, "layerIds": [3, 3, 4]}, "must be strictly increasing"),
+        ({"layers": 3, "layerIds": [3, 5, 4]}, "must be in increasing order"),
         ({"layers": 3, "layerIds": [3, 4, 5], "hiddenLayers": 5}, "hiddenLayers counts every"),
         ({"layers": 3, "hiddenLayers": 2}, "hiddenLayers counts every"),
     ],
@@ -84,10 +83,22 @@ def test_layer_ids_are_bounded_integers(model: dict[str, Any], field: str) -> No
         v1alpha1.ExpertPlacement.model_validate(placement(**model))
 
 
+def test_a_layer_id_given_twice_is_refused_as_the_api_server_does() -> None:
+    """layerIds is a list of type ``set``: the server names the second copy."""
+    obj = placement(layers=3, layerIds=[3, 3, 4])
+    assert [(v.field, v.message) for v in validate(SCHEMA, obj)] == [
+        ("spec.model.layerIds[1]", "Duplicate value: 3")
+    ]
+    with pytest.raises(pydantic.ValidationError, match="Duplicate value: 3"):
+        v1alpha1.ExpertPlacement.model_validate(obj)
+
+
 def test_the_longest_layer_list_is_checked_in_full() -> None:
     ids = list(range(1024))
     assert v1alpha1.ModelShape(layers=1024, experts=8, layer_ids=ids).layer_ids == ids
-    with pytest.raises(pydantic.ValidationError, match="strictly increasing"):
+    with pytest.raises(pydantic.ValidationError, match="increasing order"):
+        v1alpha1.ModelShape(layers=1024, experts=8, layer_ids=[*ids[:-2], 1023, 1022])
+    with pytest.raises(pydantic.ValidationError, match="Duplicate value: 1022"):
         v1alpha1.ModelShape(layers=1024, experts=8, layer_ids=[*ids[:-1], 1022])
 
 

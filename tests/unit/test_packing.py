@@ -4,7 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_operator.placement.packing import REFINEMENT_TOLERANCE, members, pack
+from eplb_operator.placement.compiled import REFINEMENT_TOLERANCE
+from eplb_operator.placement.packing import members, pack
 from eplb_operator.placement.replication import expand_replicas, replicate
 
 

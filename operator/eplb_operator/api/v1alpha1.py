@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from eplb_operator.placement.topology import Topology
@@ -135,25 +135,23 @@ class PodsSpec(ApiModel):
 
 
 # Rules of the model shape (``self`` is spec.model): the API server evaluates them (CEL), and
-# so does ModelShape.  Standard CEL has no index range, so the ordering rule walks indices
-# i = 32a + b over two literal lists of 0..31 (1024 = the most layers), each ``?:`` stopping
-# at the end of the list: linear cost for the API server's budget and for the models.
-_DIGITS = "[" + ", ".join(str(i) for i in range(32)) + "]"
+# so does ModelShape.  Each layer id once is the list type (``set``) of layerIds; their order
+# is ``isSorted()``, and their largest ``max()``, both from Kubernetes' CEL list library:
+# linear for the API server's cost budget and for the models (``api.validation`` gives celpy
+# the two functions).
 MODEL_RULES: list[dict[str, str]] = [
     cel(
         "!has(self.layerIds) ? true : size(self.layerIds) == self.layers",
         "model.layerIds must hold one engine layer id per MoE layer (model.layers entries)",
     ),
     cel(
-        f"!has(self.layerIds) ? true : {_DIGITS}.all(a, 32 * a >= size(self.layerIds) ? true : "
-        f"{_DIGITS}.all(b, 32 * a + b == 0 || 32 * a + b >= size(self.layerIds) ? true : "
-        "self.layerIds[32 * a + b - 1] < self.layerIds[32 * a + b]))",
-        "model.layerIds must be strictly increasing: each engine layer id once, in the order "
-        "of the model's layers",
+        "!has(self.layerIds) ? true : self.layerIds.isSorted()",
+        "model.layerIds must be in increasing order: the order of the model's layers",
     ),
     cel(
         "!has(self.hiddenLayers) ? true : has(self.layerIds) ? "
-        "self.layerIds.all(x, x < self.hiddenLayers) : self.hiddenLayers >= self.layers",
+        "size(self.layerIds) == 0 || self.layerIds.max() < self.hiddenLayers "
+        ": self.hiddenLayers >= self.layers",
         "model.hiddenLayers counts every hidden layer, dense ones included: it must be larger "
         "than every engine layer id (model.layerIds, default 0..layers-1)",
     ),
@@ -186,6 +184,7 @@ class ModelShape(ApiModel):
         description="The engine's index, among all hidden layers, of each MoE layer, in "
         "increasing order (DeepSeek-V3: 3..60, its first 3 layers are dense); default "
         "0..layers-1.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},  # each id once
     )
     hidden_layers: int | None = Field(
         default=None,
@@ -197,6 +196,18 @@ class ModelShape(ApiModel):
     def engine_layer_ids(self) -> list[int]:
         """``[layers]``: the engine layer id of each MoE layer (the default when unset)."""
         return list(self.layer_ids) if self.layer_ids is not None else list(range(self.layers))
+
+    @field_validator("layer_ids")
+    @classmethod
+    def _each_id_once(cls, layer_ids: list[int] | None) -> list[int] | None:
+        """The ``set`` list type of layerIds, which the API server enforces and pydantic does
+        not, with the API server's message."""
+        seen: set[int] = set()
+        for layer_id in layer_ids or []:
+            if layer_id in seen:
+                raise ValueError(f"Duplicate value: {layer_id}")
+            seen.add(layer_id)
+        return layer_ids
 
     @model_validator(mode="after")
     def _model_rules(self) -> ModelShape:

@@ -7,18 +7,18 @@ messages before anything is stored.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
-import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import celpy
-import lark
+from celpy import celtypes
 from celpy.adapter import json_to_cel
-from celpy.celparser import CELParser
+from celpy.evaluation import CELEvalError
+
+from eplb_operator.api.cel_trees import parsed, parser_on_demand
 
 if TYPE_CHECKING:  # jsonschema loads only for schema checks (not CEL rules: `eplb plan`)
     from jsonschema import Draft202012Validator
@@ -81,10 +81,35 @@ def validate(schema: dict[str, Any], value: Any) -> list[Violation]:
             _validator(schema).iter_errors(value), key=lambda e: list(map(str, e.absolute_path))
         )
     ]
+    _duplicates_in_sets(schema, value, "", violations)
     if violations:
         return violations
     _cel(schema, value, "", violations)
     return violations
+
+
+def _duplicates_in_sets(
+    schema: dict[str, Any], value: Any, path: str, out: list[Violation]
+) -> None:
+    """Lists of ``x-kubernetes-list-type: set`` hold each item once: the API server's
+    structural check (JSON schema has ``uniqueItems``, which Kubernetes forbids)."""
+    if isinstance(value, list):
+        if schema.get("x-kubernetes-list-type") == "set":
+            seen: set[str] = set()
+            for index, item in enumerate(value):
+                key = json.dumps(item, sort_keys=True)
+                if key in seen:
+                    out.append(
+                        Violation(f"{path}[{index}]".lstrip("."), f"Duplicate value: {item}")
+                    )
+                seen.add(key)
+        if "items" in schema:
+            for index, item in enumerate(value):
+                _duplicates_in_sets(schema["items"], item, f"{path}[{index}]", out)
+    elif isinstance(value, dict):
+        for name, child in schema.get("properties", {}).items():
+            if name in value:
+                _duplicates_in_sets(child, value[name], f"{path}.{name}", out)
 
 
 def evaluate_rules(rules: list[dict[str, str]], value: Any) -> list[str]:
@@ -138,39 +163,25 @@ def _cel(schema: dict[str, Any], value: Any, path: str, out: list[Violation]) ->
 
 @lru_cache(maxsize=256)
 def _program(rule: str) -> Any:
-    _load_cel_parser()
-    environment = celpy.Environment()
-    return environment.program(environment.compile(rule))
+    tree = parsed(rule)
+    parser_on_demand()
+    return celpy.Environment().program(tree, functions=KUBERNETES_FUNCTIONS)
 
 
-def _load_cel_parser() -> None:
-    """Give celpy its CEL parser from Lark's on-disk cache of the analysed grammar.
+def _is_sorted(values: list[Any]) -> celtypes.BoolType:
+    """``list.isSorted()`` of Kubernetes' CEL list library: ascending, equal neighbours allowed."""
+    return celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(values)))
 
-    celpy builds the parser once per process from its grammar, a fifth of a second (as much
-    as a one-shot ``eplb plan`` computes); Lark's cache loads it in a hundredth.  The
-    options are celpy's own (``CELParser.__init__``); Lark keys the file by grammar and
-    options, rebuilding on any change, and carries on without it where it cannot write.
-    """
-    if CELParser.CEL_PARSER is not None:
-        return
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eplb"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # celpy builds it as usual
-    CELParser.CEL_PARSER = lark.Lark(
-        (Path(celpy.__file__).parent / "cel.lark").read_text(),
-        parser="lalr",
-        start="expr",
-        debug=True,
-        g_regex_flags=re.M,
-        lexer_callbacks={"IDENT": CELParser.ambiguous_literals},
-        propagate_positions=True,
-        maybe_placeholders=False,
-        priority="invert",
-        tree_class=lark.Tree,
-        cache=str(cache / f"cel-parser-lark-{lark.__version__}.cache"),
-    )
+
+def _max(values: list[Any]) -> Any:
+    """``list.max()`` of Kubernetes' CEL list library: an error on an empty list, as there."""
+    if not values:
+        return CELEvalError("max called on empty list")
+    return max(values)
+
+
+# The functions of Kubernetes' CEL libraries that the CRD's rules use, which celpy lacks.
+KUBERNETES_FUNCTIONS: dict[str, Any] = {"isSorted": _is_sorted, "max": _max}
 
 
 # Compiled validators by schema identity (the schema object is kept to pin the id).

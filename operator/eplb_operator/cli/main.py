@@ -4,7 +4,7 @@ run a local cluster (``eplb cluster``) and the demo (``eplb demo``)."""
 from __future__ import annotations
 
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 import typer
 from typer import _click as click  # typer 0.29 vendors click: its types, not the package's
@@ -14,10 +14,15 @@ from eplb_operator import __version__
 from eplb_operator.cli.plan import plan_command
 from eplb_operator.cli.report import report_command
 
+if TYPE_CHECKING:  # importlib.metadata only when plugins are looked up: not for `eplb plan`
+    from importlib.metadata import EntryPoint
+
 
 @cache
 def _plugins() -> dict[str, EntryPoint]:
     """Subcommands of other packages (the local tooling's), by name; not loaded yet."""
+    from importlib.metadata import entry_points
+
     return {point.name: point for point in entry_points(group="eplb.commands")}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -202,9 +203,8 @@ def _plan(request: PlanRequest) -> tuple[Plan[npt.NDArray[Any]], PlacementDocume
     from eplb_operator.formats.expertplacement import check_api_limits
     from eplb_operator.formats.mappings import document_on, read_placement
     from eplb_operator.placement import PlanOptions, Topology, plan
-    from eplb_operator.placement.rebalance import warm_up
 
-    warm_up(one_shot=True)  # this process only plans: numba's BLAS probe is skipped
+    _load_kernels()
 
     if (request.redundant is None) == (request.slots_per_rank is None):
         raise InvalidInputError("give exactly one of --redundant and --slots-per-rank")
@@ -238,6 +238,26 @@ def _plan(request: PlanRequest) -> tuple[Plan[npt.NDArray[Any]], PlacementDocume
     )
     result = plan(stats.load, topology, previous=previous, options=settings)
     return result, replace(doc, phy2log=result.placement)
+
+
+def _load_kernels() -> None:
+    """The placement kernels compiled ahead of time for this machine, built on the first plan
+    (about 20 s, once per version), else numba's: a one-shot process then loads them in
+    milliseconds rather than importing numba (``placement.kernels``)."""
+    from eplb_operator.placement import kernel_build, kernels
+    from eplb_operator.placement.rebalance import warm_up
+
+    status: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if not kernels.module_path().is_file():  # else rich (40 ms) is not even imported
+        from rich.console import Console
+
+        status = Console(stderr=True).status("compiling the placement kernels (once)…")
+    try:
+        with status:
+            kernel_build.build()
+    except kernel_build.BuildError as error:
+        sys.stderr.write(f"eplb plan: placement kernels compiled by numba at run time ({error})\n")
+    warm_up()
 
 
 def _layers_of(

@@ -35,9 +35,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from eplb_operator.placement.compiled import REFINEMENT_TOLERANCE, pack_batch
+from eplb_operator.placement import kernels
 
-__all__ = ["REFINEMENT_TOLERANCE", "members", "pack"]
+__all__ = ["members", "pack"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -52,7 +52,7 @@ def pack(weights: FloatArray, num_bins: int) -> IntArray:
     if num_bins < 1 or num_items % num_bins:
         raise ValueError(f"{num_items} items do not split evenly into {num_bins} bins")
     bins = np.empty((batch, num_items), dtype=np.int64)
-    pack_batch(np.ascontiguousarray(weights, dtype=np.float64), num_bins, bins)
+    kernels.active().pack_batch(np.ascontiguousarray(weights, dtype=np.float64), num_bins, bins)
     return bins
 
 

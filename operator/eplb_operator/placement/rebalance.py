@@ -17,16 +17,13 @@ best packing is 70 / 80, imbalance 1.067.  The count search tries ``[2, 2, 1, 1]
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from eplb_core.arrays import ArrayT, FloatArray, IntArray, like, to_numpy
 from eplb_core.errors import InvalidInputError
-from eplb_operator.placement.compiled import place_layers
+from eplb_operator.placement import kernels
 from eplb_operator.placement.count_search import exhaustive_options
 from eplb_operator.placement.packing import members, pack
 from eplb_operator.placement.replication import replicate
@@ -74,87 +71,21 @@ def _floats(load: Array) -> FloatArray:
     return np.asarray(to_numpy(load), dtype=np.float64)
 
 
-def warm_up(one_shot: bool = False) -> None:
-    """Load the compiled kernels now (numba does it on first call, from its on-disk cache).
+def warm_up() -> kernels.Kernels:
+    """Load the kernels now, and return them: the ahead-of-time module where one is built
+    (``kernels``), else numba's, loaded here from its on-disk cache (or compiled) rather
+    than inside the first plan.
 
     Call before timing a placement, so the one-off load is not counted as computation.
-    ``one_shot``: in a process that only plans (``eplb plan``), skip numba's probes for
-    optional packages (``_without_numba_probes``) and its registries of compilable
-    functions (``_cached_kernels_only``).
     """
-    with (
-        _without_numba_probes() if one_shot else contextlib.nullcontext(),
-        _cached_kernels_only() if one_shot else contextlib.nullcontext(),
-    ):
+    chosen = kernels.active()
+    if chosen.origin == "just-in-time":
         # Every kernel, with the argument types a plan passes (read-only options, as
         # ``exhaustive_options`` gives for any problem): each type is another kernel to load.
         topology = Topology(8, 4, 3, num_nodes=2, num_groups=2)
         _hierarchical(np.arange(16.0).reshape(2, 8), topology)
         replicate(np.ones((1, 2)), 3)
-
-
-# What numba's typing and array-math registries, loaded with the first kernel, import to
-# learn whether optional features work: cffi functions as arguments (cffi, pycparser) and
-# BLAS for np.dot (scipy.linalg).  No kernel here uses either.
-_NUMBA_PROBES = ("cffi", "scipy.linalg.cython_blas")
-_NUMBA_REGISTRIES = ("numba.core.typing.cffi_utils", "numba.np.arraymath")
-
-
-@contextlib.contextmanager
-def _without_numba_probes() -> Iterator[None]:
-    """Answer numba's probes for optional packages with "absent" while the kernels load.
-
-    The probes import cffi's C parser and scipy's linear algebra: half a second of a
-    one-shot ``eplb plan``, several times its computation, for features the kernels never
-    use (numba then types no cffi function and uses its own loops for np.dot).  Only when
-    numba's registries are not loaded yet; afterwards the packages import normally again.
-    """
-    if any(name in sys.modules for name in _NUMBA_REGISTRIES):
-        yield
-        return
-    blocked = [name for name in _NUMBA_PROBES if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # type: ignore[assignment]  # importing it raises ImportError
-    try:
-        yield
-    finally:
-        for name in blocked:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-
-
-@contextlib.contextmanager
-def _cached_kernels_only() -> Iterator[None]:
-    """Load kernels from numba's on-disk cache without first loading what compiling needs.
-
-    Before each load, numba refreshes its typing and lowering contexts: it imports and
-    registers every function it can compile (linear algebra, random generators, typed
-    containers, …), a third of a second of a one-shot ``eplb plan`` that compiles nothing.
-    A cached kernel needs only numba's runtime (memory management), started here instead.
-    A kernel missing from the cache is still compiled as usual (compiling refreshes the
-    contexts itself).  Left as numba does it where its internals differ from these.
-    """
-    from numba.core import caching
-    from numba.core.runtime import nrt
-
-    original = caching.Cache.load_overload
-    load = getattr(caching.Cache, "_load_overload", None)
-    guard = getattr(caching.Cache, "_guard_against_spurious_io_errors", None)
-    if load is None or guard is None or not hasattr(nrt, "rtsys"):
-        yield  # another numba version: its own loading
-        return
-
-    def load_overload(self: caching.Cache, sig: object, target_context: object) -> object:
-        nrt.rtsys.initialize(target_context)
-        with guard(self):
-            return load(self, sig, target_context)
-        return None  # an I/O error the guard swallowed: the kernel is compiled instead
-
-    setattr(caching.Cache, "load_overload", load_overload)  # noqa: B010  # mypy: no method-assign
-    try:
-        yield
-    finally:
-        setattr(caching.Cache, "load_overload", original)  # noqa: B010
+    return chosen
 
 
 def rebalance_within_nodes(load: FloatArray, previous: IntArray, topology: Topology) -> IntArray:
@@ -209,7 +140,7 @@ def _hierarchical(
     slots_per_node = topo.num_slots // nodes
     options = exhaustive_options(num_experts // nodes, slots_per_node)
     phy2log = np.empty((num_layers, topo.num_slots), dtype=np.int64)
-    place_layers(
+    kernels.active().place_layers(
         np.ascontiguousarray(load, dtype=np.float64),
         np.ascontiguousarray(groups_of_node, dtype=np.int64),
         topo.ranks_per_node,

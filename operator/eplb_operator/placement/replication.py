@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from eplb_operator.placement.compiled import replicate_batch
+from eplb_operator.placement import kernels
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -26,7 +26,9 @@ def replicate(load: FloatArray, num_slots: int) -> IntArray:
     if num_slots < num_items:
         raise ValueError(f"{num_slots} slots cannot hold {num_items} experts")
     counts = np.empty((batch, num_items), dtype=np.int64)
-    replicate_batch(np.ascontiguousarray(load, dtype=np.float64), num_slots, counts)
+    kernels.active().replicate_batch(
+        np.ascontiguousarray(load, dtype=np.float64), num_slots, counts
+    )
     return counts
 
 
