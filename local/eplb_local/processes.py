@@ -11,6 +11,11 @@ import socket
 import subprocess
 from contextlib import closing
 
+# How long a SIGKILLed process may take to be gone: it always goes, but tearing down one
+# with torch's threads and memory took over 5 s on a loaded 2-core machine (a test's
+# teardown then failed on a process that was dying).
+KILLED_WITHIN = 60.0
+
 
 def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
     """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
@@ -22,7 +27,7 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], grace: float = 10.0
             process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(5)
+            process.wait(KILLED_WITHIN)
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ built; without them (no cache, no compiler) numba's kernels serve."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,19 @@ def test_options_are_read_only_for_the_exhaustive_and_the_local_search() -> None
     local = exhaustive_options(64, 72)  # DeepSeek-V3's node: too many, local search
     assert exhaustive.shape == (330, 8) and local.shape == (0, 64)
     assert not exhaustive.flags.writeable and not local.flags.writeable
+
+
+def test_a_built_module_serves_from_a_cache_that_cannot_be_written(
+    both: tuple[kernels.Kernels, kernels.Kernels], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shared or read-only cache: loading takes no lock (here the lock cannot be opened)."""
+    monkeypatch.setitem(kernels._chosen, "kernels", both[1])
+    shutil.copy(kernels.module_path(), kernels.module_path(tmp_path))
+    (tmp_path / ".build.lock").mkdir()
+    assert kernel_build.build(tmp_path).origin == "ahead-of-time"
+    (tmp_path / kernels.module_path(tmp_path).name).unlink()
+    with pytest.raises(kernel_build.BuildError, match="Is a directory"):
+        kernel_build.build(tmp_path)
 
 
 def test_a_damaged_module_in_the_cache_is_never_loaded(tmp_path: Path) -> None:

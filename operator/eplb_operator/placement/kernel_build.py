@@ -40,6 +40,10 @@ def build(cache_dir: Path | None = None) -> Kernels:
     only when complete, so no process ever loads a half-written file.
     """
     cache_dir = cache_dir or kernel_cache()
+    built = ahead_of_time(cache_dir)  # the usual case: no lock, so a read-only cache serves
+    if built is not None:
+        use(built)
+        return built
     try:
         import fcntl
     except ImportError as error:  # Windows: numba's kernels
@@ -48,7 +52,7 @@ def build(cache_dir: Path | None = None) -> Kernels:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with open(cache_dir / ".build.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            built = ahead_of_time(cache_dir)
+            built = ahead_of_time(cache_dir)  # another process may have built it meanwhile
             if built is None:
                 _compile_into(cache_dir)
                 built = ahead_of_time(cache_dir)
