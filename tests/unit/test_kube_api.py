@@ -59,10 +59,9 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def kubeconfig(tmp_path: Path, server: str) -> Path:
-    """A kubeconfig whose user has a ``tokenFile``, as a projected token is mounted (no
-    newline at its end: kubernetes_asyncio sends the file as it is, client-go trims it)."""
-    (tmp_path / "token").write_text("s3cret")
+def kubeconfig(tmp_path: Path, server: str, token: str = "s3cret") -> Path:
+    """A kubeconfig whose user has a ``tokenFile`` holding ``token``."""
+    (tmp_path / "token").write_text(token)
     user = {"tokenFile": str(tmp_path / "token")}
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump({
@@ -91,6 +90,14 @@ def test_requests_carry_the_token_the_content_type_and_the_query(
     assert json.loads(merge["body"]) == {"spec": {"paused": True}}
     assert patch["headers"]["Content-Type"] == "application/json-patch+json"
     assert (delete["method"], delete["body"]) == ("DELETE", b"")
+
+
+def test_a_token_file_ending_in_a_newline_is_sent_trimmed_as_client_go_sends_it(
+    server: str, tmp_path: Path
+) -> None:
+    with Api(kubeconfig(tmp_path, server, token="s3cret\n")) as api:
+        assert api.get("/version").code == 200
+    assert seen[0]["headers"]["authorization"] == "Bearer s3cret"
 
 
 def test_any_reply_comes_back_a_non_2xx_one_too_and_text_as_text(

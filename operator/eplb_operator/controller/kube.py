@@ -54,6 +54,11 @@ async def load_configuration(kubeconfig: Path | None = None) -> client.Configura
         config_file=os.environ.get("KUBECONFIG") if kubeconfig is None else str(kubeconfig),
         client_configuration=configuration,
     )
+    # A tokenFile is sent as it is read, and one ending in a newline (as `echo > file` and
+    # many secret tools write it) makes an HTTP header aiohttp refuses; client-go trims it.
+    token = configuration.api_key.get("BearerToken")
+    if isinstance(token, str):
+        configuration.api_key["BearerToken"] = token.strip()
     return configuration
 
 
