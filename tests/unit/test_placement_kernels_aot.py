@@ -68,6 +68,7 @@ def test_the_compiled_module_places_exactly_as_numbas_kernels(
                 outputs.append(replicate(load, topology.num_slots))
                 outputs.append(pack(load, ranks if experts % ranks == 0 else 1))
                 first = plan(load, topology).placement
+                outputs.append(first)
                 outputs.append(plan(load[::-1].copy(), topology, previous=first).placement)
         results.append(outputs)
     aot, jit = results
