@@ -201,12 +201,12 @@ class ModelShape(ApiModel):
     @classmethod
     def _each_id_once(cls, layer_ids: list[int] | None) -> list[int] | None:
         """The ``set`` list type of layerIds, which the API server enforces and pydantic does
-        not, with the API server's message."""
-        seen: set[int] = set()
-        for layer_id in layer_ids or []:
-            if layer_id in seen:
-                raise ValueError(f"Duplicate value: {layer_id}")
-            seen.add(layer_id)
+        not, checked by the same code as the test cluster's and with the server's message."""
+        from eplb_operator.api.validation import duplicate_message, repeated_items
+
+        repeated = repeated_items(layer_ids or [])
+        if repeated:
+            raise ValueError(duplicate_message(repeated[0][1]))
         return layer_ids
 
     @model_validator(mode="after")

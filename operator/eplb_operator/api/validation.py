@@ -88,6 +88,24 @@ def validate(schema: dict[str, Any], value: Any) -> list[Violation]:
     return violations
 
 
+def repeated_items(values: list[Any]) -> list[tuple[int, Any]]:
+    """``(index, item)`` of every item of ``values`` equal to an earlier one: what a list of
+    ``x-kubernetes-list-type: set`` may not hold."""
+    seen: set[str] = set()
+    repeated = []
+    for index, item in enumerate(values):
+        key = json.dumps(item, sort_keys=True)
+        if key in seen:
+            repeated.append((index, item))
+        seen.add(key)
+    return repeated
+
+
+def duplicate_message(item: Any) -> str:
+    """The API server's message for an item repeated in a ``set`` list."""
+    return f"Duplicate value: {item}"
+
+
 def _duplicates_in_sets(
     schema: dict[str, Any], value: Any, path: str, out: list[Violation]
 ) -> None:
@@ -95,14 +113,8 @@ def _duplicates_in_sets(
     structural check (JSON schema has ``uniqueItems``, which Kubernetes forbids)."""
     if isinstance(value, list):
         if schema.get("x-kubernetes-list-type") == "set":
-            seen: set[str] = set()
-            for index, item in enumerate(value):
-                key = json.dumps(item, sort_keys=True)
-                if key in seen:
-                    out.append(
-                        Violation(f"{path}[{index}]".lstrip("."), f"Duplicate value: {item}")
-                    )
-                seen.add(key)
+            for index, item in repeated_items(value):
+                out.append(Violation(f"{path}[{index}]".lstrip("."), duplicate_message(item)))
         if "items" in schema:
             for index, item in enumerate(value):
                 _duplicates_in_sets(schema["items"], item, f"{path}[{index}]", out)
